@@ -1,0 +1,126 @@
+"""Command line: the reference `dlrm_s_pytorch.py` flags, mapped onto the config tree.
+
+A reference user changes only the program name. Flags the reference has and we do
+not support yet are rejected by name, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from dlrm_dist.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    field_docs,
+    load_toml,
+    validate,
+)
+
+# flag -> (section, key); the reference's names where it has one.
+FLAGS: dict[str, tuple[str, str]] = {
+    "arch-sparse-feature-size": ("model", "sparse_feature_size"),
+    "arch-embedding-size": ("model", "embedding_sizes"),
+    "arch-mlp-bot": ("model", "mlp_bot"),
+    "arch-mlp-top": ("model", "mlp_top"),
+    "arch-interaction-op": ("model", "interaction"),
+    "arch-interaction-itself": ("model", "interaction_itself"),
+    "loss-function": ("model", "loss_function"),
+    "loss-weights": ("model", "loss_weights"),
+    "loss-threshold": ("model", "loss_threshold"),
+    "data-generation": ("data", "generation"),
+    "data-size": ("data", "data_size"),
+    "num-batches": ("data", "num_batches"),
+    "mini-batch-size": ("data", "mini_batch_size"),
+    "test-mini-batch-size": ("data", "test_mini_batch_size"),
+    "arch-dense-feature-size": ("data", "dense_features"),
+    "num-indices-per-lookup": ("data", "num_indices_per_lookup"),
+    "num-indices-per-lookup-fixed": ("data", "num_indices_per_lookup_fixed"),
+    "rand-data-dist": ("data", "rand_data_dist"),
+    "rand-data-min": ("data", "rand_data_min"),
+    "rand-data-max": ("data", "rand_data_max"),
+    "rand-data-mu": ("data", "rand_data_mu"),
+    "rand-data-sigma": ("data", "rand_data_sigma"),
+    "round-targets": ("data", "round_targets"),
+    "optimizer": ("optim", "optimizer"),
+    "learning-rate": ("optim", "learning_rate"),
+    "lr-num-warmup-steps": ("optim", "lr_num_warmup_steps"),
+    "lr-decay-start-step": ("optim", "lr_decay_start_step"),
+    "lr-num-decay-steps": ("optim", "lr_num_decay_steps"),
+    "sharding-type": ("sharding", "sharding_type"),
+    "nepochs": ("train", "nepochs"),
+    "numpy-rand-seed": ("train", "numpy_rand_seed"),
+    "print-freq": ("train", "print_freq"),
+    "print-time": ("train", "print_time"),
+    "print-wall-time": ("train", "print_wall_time"),
+    "print-precision": ("train", "print_precision"),
+    "test-freq": ("train", "test_freq"),
+    "debug-mode": ("train", "debug_mode"),
+    "threads": ("train", "threads"),
+    "progress-bar": ("train", "progress_bar"),
+}
+FLAG_FOR = {target: flag for flag, target in FLAGS.items()}
+
+# Reference flags that dlrm_dist does not implement yet.
+UNSUPPORTED = (
+    "activation-function data-set raw-data-file processed-data-file data-randomize "
+    "data-trace-file data-trace-enable-padding max-ind-range data-sub-sample-rate "
+    "num-workers memory-map dataset-multiprocessing test-num-workers sync-dense-params "
+    "md-flag md-threshold md-temperature md-round-dims qr-flag qr-threshold "
+    "qr-operation qr-collisions weighted-pooling inference-only quantize-mlp-with-bit "
+    "quantize-emb-with-bit save-onnx use-gpu use-ipex local_rank dist-backend "
+    "enable-profiling plot-compute-graph tensor-board-filename save-model load-model "
+    "mlperf-logging mlperf-acc-threshold mlperf-auc-threshold mlperf-bin-loader "
+    "mlperf-bin-shuffle mlperf-grad-accum-iter lr-scheduler"
+).split()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+class _Unsupported(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None):
+        raise ConfigError(
+            f"{option_string} is a reference flag that dlrm_dist does not support yet; "
+            "remove it (see --help for what is supported)"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m dlrm_dist.train",
+        description="Train Deep Learning Recommendation Model (DLRM) on TorchRec. "
+        "Takes the reference dlrm_s_pytorch.py flags; precedence: flags > --config > defaults.",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="TOML config file (sections model, data, ...)")
+    defaults = Config()
+    for flag, (section, key) in FLAGS.items():
+        default = getattr(getattr(defaults, section), key)
+        doc = field_docs(section)[key]
+        shown = "-".join(map(str, default)) if isinstance(default, list) else default
+        kwargs: dict[str, Any] = {"dest": f"{section}.{key}", "help": f"{doc} [{shown}]"}
+        if isinstance(default, bool):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        parser.add_argument(f"--{flag}", **kwargs)
+    for flag in UNSUPPORTED:
+        parser.add_argument(f"--{flag}", nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """argv -> validated Config. Raises ConfigError with a one-line message."""
+    ns = vars(build_parser().parse_args(argv))
+    cfg = Config()
+    path = ns.pop("config", None)
+    if path:
+        cfg = apply_overrides(cfg, load_toml(path))
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, value in ns.items():
+        section, key = dest.split(".")
+        overrides.setdefault(section, {})[key] = value
+    return validate(apply_overrides(cfg, overrides))

@@ -1,0 +1,292 @@
+"""The config tree: one root dataclass with a section per component.
+
+Precedence is CLI > TOML file > defaults. Defaults are the reference
+`dlrm_s_pytorch.py` defaults, so a reference command line means the same here.
+Every field carries a one-line doc (`doc` metadata), used by `--help`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which and what to change."""
+
+
+def _f(default: Any, doc: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ModelConfig:
+    sparse_feature_size: int = _f(2, "embedding dim D of every table")
+    embedding_sizes: list[int] = _f([4, 3, 2], "rows of each embedding table, in table order")
+    mlp_bot: list[int] = _f([4, 3, 2], "bottom MLP widths, input (dense features) to output (D)")
+    mlp_top: list[int] = _f(
+        [4, 2, 1], "top MLP widths after the interaction (its width is prepended)"
+    )
+    interaction: str = _f("dot", "feature interaction: dot | cat")
+    interaction_itself: bool = _f(False, "dot: include each feature's product with itself")
+    loss_function: str = _f("mse", "loss: mse | bce | wbce")
+    loss_weights: list[float] = _f([1.0, 1.0], "wbce weights for target 0 and target 1")
+    loss_threshold: float = _f(0.0, "clamp outputs to [t, 1-t] when 0 < t < 1")
+
+
+@dataclass
+class DataConfig:
+    generation: str = _f("random", "data source: random (the reference's exact generator)")
+    data_size: int = _f(1, "samples per epoch (ignored when num_batches > 0)")
+    num_batches: int = _f(0, "batches per epoch; 0 = ceil(data_size / mini_batch_size)")
+    mini_batch_size: int = _f(1, "global batch size, samples")
+    test_mini_batch_size: int = _f(-1, "evaluation batch size; -1 = mini_batch_size")
+    dense_features: int = _f(0, "dense features per sample; 0 = first bottom-MLP width")
+    num_indices_per_lookup: int = _f(10, "max (or fixed) indices per bag")
+    num_indices_per_lookup_fixed: bool = _f(False, "every bag has exactly that many indices")
+    rand_data_dist: str = _f("uniform", "index distribution: uniform | gaussian")
+    rand_data_min: float = _f(0.0, "gaussian: lowest index (clip)")
+    rand_data_max: float = _f(1.0, "gaussian: highest index (clip)")
+    rand_data_mu: float = _f(-1.0, "gaussian: mean; -1 = (min + max) / 2")
+    rand_data_sigma: float = _f(1.0, "gaussian: standard deviation")
+    round_targets: bool = _f(False, "round targets to 0/1")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("sgd", "optimizer for embeddings and MLPs: sgd")
+    learning_rate: float = _f(0.01, "base learning rate")
+    lr_num_warmup_steps: int = _f(0, "linear warmup steps")
+    lr_decay_start_step: int = _f(0, "step at which the power-2 decay starts")
+    lr_num_decay_steps: int = _f(0, "steps the decay lasts; 0 = no decay")
+
+
+@dataclass
+class ShardingConfig:
+    sharding_type: str = _f(
+        "table_wise",
+        "embedding sharding: table_wise | column_wise | table_column_wise | data_parallel",
+    )
+
+
+@dataclass
+class TrainConfig:
+    nepochs: int = _f(1, "epochs over the data")
+    numpy_rand_seed: int = _f(123, "seed of the data and initial weights")
+    print_freq: int = _f(1, "log every N iterations")
+    print_time: bool = _f(False, "show ms/it in the log lines (else -1, as the reference)")
+    print_wall_time: bool = _f(False, "append the wall-clock time (HH:MM) to log lines")
+    print_precision: int = _f(5, "digits when printing parameters")
+    test_freq: int = _f(-1, "evaluate every N iterations; -1 = never")
+    debug_mode: bool = _f(False, "print arch, data and parameters like the reference")
+    threads: int = _f(0, "torch threads per rank; 0 = cores / local ranks")
+    progress_bar: bool = _f(True, "show a progress bar when stdout is a terminal")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "sharding": ShardingConfig,
+    "train": TrainConfig,
+}
+
+
+def _section_types(section: str) -> dict[str, Any]:
+    return typing.get_type_hints(SECTIONS[section])
+
+
+def parse_bool(text: str | bool) -> bool:
+    """Parse a boolean flag value; unlike the reference, 'False' means false."""
+    if isinstance(text, bool):
+        return text
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on", "t", "y"):
+        return True
+    if low in ("0", "false", "no", "off", "f", "n"):
+        return False
+    raise ConfigError(f"{text!r} is not a boolean: use true or false")
+
+
+def parse_dashed(text: str, item: type) -> list:
+    """'13-512-256' -> [13, 512, 256], the reference's list syntax."""
+    try:
+        return [item(part) for part in str(text).split("-")]
+    except ValueError:
+        kind = "integers" if item is int else "numbers"
+        raise ConfigError(f"{text!r} is not a dash-separated list of {kind}") from None
+
+
+def coerce(section: str, key: str, value: Any) -> Any:
+    """Check and convert one setting to its declared type; raise ConfigError if wrong."""
+    hints = _section_types(section)
+    if key not in hints:
+        known = ", ".join(sorted(hints))
+        raise ConfigError(f"unknown setting [{section}] {key}; known: {known}")
+    want = hints[key]
+    where = f"[{section}] {key} (--{flag_name(section, key)})"
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return parse_bool(value)
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if typing.get_origin(want) is list:
+        item = typing.get_args(want)[0]
+        if isinstance(value, str):
+            return parse_dashed(value, item)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [coerce_scalar(where, item, v) for v in value]
+    return coerce_scalar(where, want, value)
+
+
+def coerce_scalar(where: str, want: type, value: Any) -> Any:
+    if want is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if want is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {want}")  # pragma: no cover
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, dict[str, Any]]) -> Config:
+    """Return a copy of cfg with {section: {key: value}} applied (values coerced)."""
+    cfg = dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name)) for name in SECTIONS}
+    )
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}]; known: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of settings")
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, coerce(section, key, value))
+    return cfg
+
+
+def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+CHOICES = {
+    ("model", "interaction"): ("dot", "cat"),
+    ("model", "loss_function"): ("mse", "bce", "wbce"),
+    ("data", "generation"): ("random",),
+    ("data", "rand_data_dist"): ("uniform", "gaussian"),
+    ("optim", "optimizer"): ("sgd",),
+    ("sharding", "sharding_type"): (
+        "table_wise",
+        "column_wise",
+        "table_column_wise",
+        "data_parallel",
+    ),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges and choices; raise ConfigError naming the flag to change."""
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(
+                f"--{flag_name(section, key)}={value} is not supported; choose one of "
+                + " | ".join(allowed)
+            )
+    positive = [
+        ("model", "sparse_feature_size"),
+        ("data", "mini_batch_size"),
+        ("data", "num_indices_per_lookup"),
+        ("train", "print_freq"),
+    ]
+    for section, key in positive:
+        if getattr(getattr(cfg, section), key) < 1:
+            raise ConfigError(f"--{flag_name(section, key)} must be at least 1")
+    nonneg = [
+        ("data", "data_size"),
+        ("data", "num_batches"),
+        ("train", "nepochs"),
+        ("optim", "lr_num_warmup_steps"),
+        ("optim", "lr_decay_start_step"),
+        ("optim", "lr_num_decay_steps"),
+        ("train", "threads"),
+    ]
+    for section, key in nonneg:
+        if getattr(getattr(cfg, section), key) < 0:
+            raise ConfigError(f"--{flag_name(section, key)} must not be negative")
+    m, d = cfg.model, cfg.data
+    if d.data_size < 1 and d.num_batches < 1:
+        raise ConfigError("--data-size must be at least 1 (or set --num-batches)")
+    if not m.embedding_sizes or min(m.embedding_sizes) < 1:
+        raise ConfigError("--arch-embedding-size needs at least one table, each with >= 1 row")
+    if len(m.mlp_bot) < 2 or min(m.mlp_bot) < 1:
+        raise ConfigError("--arch-mlp-bot needs at least two positive widths, e.g. 4-3-2")
+    if len(m.mlp_top) < 1 or min(m.mlp_top) < 1:
+        raise ConfigError("--arch-mlp-top needs positive widths, e.g. 4-2-1")
+    if len(m.loss_weights) != 2:
+        raise ConfigError("--loss-weights needs two weights (target 0, target 1), e.g. 1.0-1.0")
+    if m.loss_function in ("bce", "wbce") and m.mlp_top[-1] != 1:
+        raise ConfigError("--arch-mlp-top must end in 1 for bce/wbce (one click probability)")
+    if d.rand_data_dist == "gaussian":
+        if d.rand_data_min < 0 or d.rand_data_max > min(m.embedding_sizes) - 1:
+            raise ConfigError(
+                f"--rand-data-min/--rand-data-max must lie in [0, {min(m.embedding_sizes) - 1}]"
+                " (the smallest table's last row) for gaussian indices"
+            )
+    o = cfg.optim
+    if o.lr_decay_start_step < o.lr_num_warmup_steps:
+        raise ConfigError(
+            "Learning rate warmup must finish before the decay starts: set "
+            "--lr-decay-start-step >= --lr-num-warmup-steps"
+        )
+    return cfg
+
+
+def flag_name(section: str, key: str) -> str:
+    """The command-line flag (without --) that sets [section] key."""
+    from dlrm_dist.cli import FLAG_FOR
+
+    return FLAG_FOR.get((section, key), key.replace("_", "-"))
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def field_docs(section: str) -> dict[str, str]:
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(SECTIONS[section])}

@@ -1,0 +1,227 @@
+"""The reference's random data (`--data-generation random`), bit for bit, vectorized.
+
+The reference draws, per batch and from one numpy stream: dense `rand(n, m_den)`, then
+for each table and each sample a bag size (`random(1)`, unless fixed) and that many
+indices (`random(k)` or `normal(mu, sigma, k)`), deduplicated per bag with `np.unique`,
+then targets `rand(n, 1)`. It reseeds the stream at batch 0 of every pass.
+
+For `uniform`, every draw is one double of the stream, so we draw a worst-case block at
+once, find where each bag's size draw sits by pointer doubling over the block
+(`next = here + 1 + bag size`), gather the bags and dedup them with one global
+`np.unique` over (bag, index) keys. The stream is then advanced by exactly what the
+reference consumed. `gaussian` goes through numpy's stateful normal sampler (its cached
+second deviate spans calls), so only its fixed-size mode is a single call; its random-size
+mode keeps a scalar loop over bags, and the dedup is vectorized in both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+
+@dataclass(frozen=True)
+class RandomDataSpec:
+    """What one random batch looks like; mirrors the reference's generator arguments."""
+
+    dense_features: int
+    table_sizes: tuple[int, ...]
+    num_indices_per_lookup: int = 10
+    fixed: bool = False
+    dist: str = "uniform"
+    rmin: float = 0.0
+    rmax: float = 1.0
+    mu: float = -1.0
+    sigma: float = 1.0
+    round_targets: bool = False
+
+
+@dataclass
+class RawBatch:
+    """One batch as numpy arrays: dense (n, m_den) f32, per-table lengths (n,) and
+    indices (sum of lengths,) int64, targets (n, 1) f32."""
+
+    dense: np.ndarray
+    lengths: list[np.ndarray]
+    indices: list[np.ndarray]
+    targets: np.ndarray
+
+    def offsets(self) -> list[np.ndarray]:
+        """Per-table bag start offsets (n,), the reference's `lS_o`."""
+        return [np.concatenate(([0], np.cumsum(ln)[:-1])).astype(np.int64) for ln in self.lengths]
+
+
+def feature_names(num_tables: int) -> list[str]:
+    return [f"cat_{i}" for i in range(num_tables)]
+
+
+def draw_batch(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> RawBatch:
+    """Draw one batch of n samples from rs, consuming it exactly as the reference does."""
+    if spec.dist == "uniform":
+        return _draw_uniform(rs, spec, n)
+    if spec.dist == "gaussian":
+        return _draw_gaussian(rs, spec, n)
+    raise ValueError(f"rand_data_dist {spec.dist!r} is not supported; use uniform or gaussian")
+
+
+def _targets(u: np.ndarray, round_targets: bool) -> np.ndarray:
+    t = u.astype(np.float32)
+    return np.round(t).astype(np.float32) if round_targets else t
+
+
+def _draw_uniform(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> RawBatch:
+    nipl = spec.num_indices_per_lookup
+    caps = [min(size, nipl) for size in spec.table_sizes]
+    per_table = [n * nipl if spec.fixed else n * (1 + cap) for cap in caps]
+    m_den = spec.dense_features
+    worst = n * m_den + sum(per_table) + n
+    state = rs.get_state()
+    u = rs.random_sample(worst)
+    dense = u[: n * m_den].reshape(n, m_den).astype(np.float32)
+    cur = n * m_den
+    lengths, indices = [], []
+    for size, cap in zip(spec.table_sizes, caps):
+        if spec.fixed:
+            seg = np.repeat(np.arange(n), nipl)
+            vals = u[cur : cur + n * nipl]
+            cur += n * nipl
+        else:
+            block = u[cur : cur + n * (1 + cap)]
+            pos, ks = _bag_starts(block, cap, n)
+            seg = np.repeat(np.arange(n), ks)
+            first = np.repeat(pos + 1 - (np.cumsum(ks) - ks), ks)
+            vals = block[first + np.arange(seg.size)]
+            cur += int(pos[-1] + 1 + ks[-1])
+        idx = np.round(vals * (size - 1)).astype(np.int64)
+        ln, ix = _dedup_int(seg, idx, size, n)
+        lengths.append(ln)
+        indices.append(ix)
+    targets = _targets(u[cur : cur + n].reshape(n, 1), spec.round_targets)
+    cur += n
+    if cur < worst:  # rewind, then advance by exactly what the reference consumed
+        rs.set_state(state)
+        rs.random_sample(cur)
+    return RawBatch(dense, lengths, indices, targets)
+
+
+def _bag_sizes(r: np.ndarray, cap: int) -> np.ndarray:
+    """The reference's `round(max(1, r * min(size, nipl)))`, elementwise."""
+    return np.rint(np.maximum(1.0, r * cap)).astype(np.int64)
+
+
+def _bag_starts(block: np.ndarray, cap: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in block of the n bag-size draws, and the n bag sizes.
+
+    If a size draw sat at p, the next one sits at p + 1 + size(block[p]); the chain from
+    0 is followed for all n bags at once by pointer doubling (log2(n) gathers).
+    """
+    length = block.size
+    sizes = _bag_sizes(block, cap)
+    jump = np.append(np.minimum(np.arange(length) + 1 + sizes, length), length)
+    pos = np.zeros(n, dtype=np.int64)
+    step = np.arange(n)
+    for bit in range(max(1, math.ceil(math.log2(max(n, 1))))):
+        take = ((step >> bit) & 1).astype(bool)
+        pos[take] = jump[pos[take]]
+        jump = jump[jump]
+    return pos, sizes[pos]
+
+
+def _dedup_int(
+    seg: np.ndarray, idx: np.ndarray, size: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bag sorted unique indices (the reference's per-bag np.unique), all bags at once."""
+    keys = np.unique(seg * size + idx)
+    bag = keys // size
+    return np.bincount(bag, minlength=n).astype(np.int64), keys - bag * size
+
+
+def _draw_gaussian(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> RawBatch:
+    nipl = spec.num_indices_per_lookup
+    mu = (spec.rmax + spec.rmin) / 2.0 if spec.mu == -1 else spec.mu
+    dense = rs.rand(n, spec.dense_features).astype(np.float32)
+    lengths, indices = [], []
+    for size in spec.table_sizes:
+        if spec.fixed:
+            ks = np.full(n, nipl, dtype=np.int64)
+            vals = rs.normal(mu, spec.sigma, n * nipl)
+        else:
+            cap = min(size, nipl)
+            ks = np.empty(n, dtype=np.int64)
+            parts = []
+            for i in range(n):  # the sampler's cached deviate spans calls: keep the order
+                ks[i] = int(np.rint(max(1.0, rs.random_sample() * cap)))
+                parts.append(rs.normal(mu, spec.sigma, ks[i]))
+            vals = np.concatenate(parts)
+        seg = np.repeat(np.arange(n), ks)
+        vals = np.clip(vals, spec.rmin, spec.rmax)
+        # the reference dedups the floats, then truncates: equal ints can survive
+        order = np.lexsort((vals, seg))
+        seg, vals = seg[order], vals[order]
+        keep = np.ones(seg.size, dtype=bool)
+        keep[1:] = (seg[1:] != seg[:-1]) | (vals[1:] != vals[:-1])
+        lengths.append(np.bincount(seg[keep], minlength=n).astype(np.int64))
+        indices.append(vals[keep].astype(np.int64))
+    targets = _targets(rs.rand(n, 1), spec.round_targets)
+    return RawBatch(dense, lengths, indices, targets)
+
+
+def to_batch(raw: RawBatch, keys: list[str]) -> Batch:
+    """RawBatch -> TorchRec Batch: dense (n, m_den), KJT with one key per table, labels (n,)."""
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.from_numpy(np.concatenate(raw.indices)),
+        lengths=torch.from_numpy(np.concatenate(raw.lengths)),
+    )
+    return Batch(
+        dense_features=torch.from_numpy(raw.dense),
+        sparse_features=kjt,
+        labels=torch.from_numpy(raw.targets.reshape(-1)),
+    )
+
+
+class ReferenceRandomData:
+    """The reference's RandomDataset + DataLoader: `len()` batches, reseeded at batch 0.
+
+    `rs` is shared with whatever else draws from the reference's global stream (weight
+    init, the evaluation data), so their interleaving matches the reference.
+    """
+
+    def __init__(
+        self,
+        spec: RandomDataSpec,
+        rs: np.random.RandomState,
+        seed: int,
+        data_size: int,
+        num_batches: int,
+        mini_batch_size: int,
+    ) -> None:
+        self.spec, self.rs, self.seed = spec, rs, seed
+        self.mini_batch_size = mini_batch_size
+        if num_batches != 0:
+            self.num_batches = num_batches
+            self.data_size = num_batches * mini_batch_size
+        else:
+            self.num_batches = math.ceil(data_size / mini_batch_size)
+            self.data_size = data_size
+        self.keys = feature_names(len(spec.table_sizes))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch_size(self, index: int) -> int:
+        return min(self.mini_batch_size, self.data_size - index * self.mini_batch_size)
+
+    def raw(self, index: int) -> RawBatch:
+        if index == 0:
+            self.rs.seed(self.seed)
+        return draw_batch(self.rs, self.spec, self.batch_size(index))
+
+    def __iter__(self):
+        for index in range(self.num_batches):
+            yield to_batch(self.raw(index), self.keys)

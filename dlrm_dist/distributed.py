@@ -1,0 +1,183 @@
+"""All distribution in one place: init process group -> plan -> shard (DMP) -> optimizer.
+
+One process or many, the trainer goes through the same steps: without torchrun we bring
+up a one-rank gloo group, so the single-process run is the sharded code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingPlan
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from dlrm_dist.config import ConfigError, OptimConfig, ShardingConfig
+
+log = logging.getLogger("dlrm_dist")
+
+CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistEnv:
+    """Join the torchrun group, or start a one-rank gloo group when run directly."""
+    use_cuda = torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        init_method = "env://"
+    else:
+        rank, world, local_rank, local_world = 0, 1, 0, 1
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+    return DistEnv(rank, world, local_rank, local_world, device, backend)
+
+
+def set_threads(env: DistEnv, threads: int = 0) -> int:
+    """Threads per rank = cores / local ranks: torch's OpenMP threads spin-wait, and
+    oversubscribed cores made the same step 10-50x slower."""
+    if threads <= 0:
+        threads = max(1, len(os.sched_getaffinity(0)) // env.local_world_size)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def close_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _sharder() -> EmbeddingBagCollectionSharder:
+    return EmbeddingBagCollectionSharder()
+
+
+def _table_constraint(cfg: ShardingConfig, dim: int) -> ParameterConstraints:
+    """FBGEMM's sharded kernels need a dim divisible by 4, and torchrec offers its dense
+    kernel only data-parallel: tables with other dims (the seed's have 2) are replicated."""
+    if cfg.sharding_type == "data_parallel" or dim % 4 != 0:
+        return ParameterConstraints(sharding_types=["data_parallel"], compute_kernels=["dense"])
+    return ParameterConstraints(sharding_types=[cfg.sharding_type], compute_kernels=["fused"])
+
+
+def build_plan(model: torch.nn.Module, cfg: ShardingConfig, env: DistEnv) -> ShardingPlan:
+    """Plan the tables of model.sparse_arch with the forced sharding type."""
+    if env.device.type == "cpu" and cfg.sharding_type not in CPU_SHARDING_TYPES:
+        raise ConfigError(
+            f"--sharding-type={cfg.sharding_type} needs CUDA; on CPU use one of "
+            + " | ".join(CPU_SHARDING_TYPES)
+        )
+    ebc = model.sparse_arch.embedding_bag_collection
+    constraints = {
+        table.name: _table_constraint(cfg, table.embedding_dim)
+        for table in ebc.embedding_bag_configs()
+    }
+    odd = [t.name for t in ebc.embedding_bag_configs() if t.embedding_dim % 4]
+    if odd and cfg.sharding_type != "data_parallel":
+        log.warning(
+            "note: %d table(s) have a dim not divisible by 4 and run data_parallel "
+            "(FBGEMM's sharded kernels need dim %% 4 == 0)",
+            len(odd),
+        )
+    topology = Topology(world_size=env.world_size, compute_device=env.device.type)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    plan = planner.collective_plan(model, [_sharder()], dist.GroupMember.WORLD)
+    log.debug("sharding plan: %s", plan)
+    return plan
+
+
+def shard(model: torch.nn.Module, plan: ShardingPlan, env: DistEnv, cfg: OptimConfig):
+    """Fuse the embedding optimizer into backward, then wrap in DistributedModelParallel."""
+    apply_optimizer_in_backward(
+        torch.optim.SGD,
+        model.sparse_arch.embedding_bag_collection.parameters(),
+        {"lr": cfg.learning_rate},
+    )
+    return DistributedModelParallel(
+        module=model, device=env.device, plan=plan, sharders=[_sharder()]
+    )
+
+
+def build_optimizer(dmp: DistributedModelParallel, cfg: OptimConfig) -> CombinedOptimizer:
+    """The fused embedding optimizer plus SGD on the dense (data-parallel) parameters."""
+    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dense_opt = KeyedOptimizerWrapper(
+        dense, lambda params: torch.optim.SGD(params, lr=cfg.learning_rate)
+    )
+    return CombinedOptimizer([dmp.fused_optimizer, dense_opt])
+
+
+def _local_name(name: str) -> str:
+    for prefix in ("_dmp_wrapped_module.", "module."):
+        while name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+@torch.no_grad()
+def load_full_weights(dmp: DistributedModelParallel, weights: dict[str, np.ndarray]) -> None:
+    """Copy full (unsharded) tensors into this rank's shards: DMP re-initializes the
+    tables it shards, so the reference's init is loaded after sharding."""
+    state = {_local_name(k): v for k, v in dmp.state_dict().items()}
+    for name, full in weights.items():
+        target = state[name]
+        src = torch.from_numpy(full)
+        if isinstance(target, ShardedTensor):
+            for shard in target.local_shards():
+                rows, cols = shard.metadata.shard_offsets
+                n, d = shard.metadata.shard_sizes
+                shard.tensor.copy_(src[rows : rows + n, cols : cols + d])
+        else:
+            target.copy_(src)
+
+
+@torch.no_grad()
+def gather_full_weights(
+    dmp: DistributedModelParallel, names: list[str]
+) -> dict[str, np.ndarray] | None:
+    """Full copies of the named parameters on rank 0 (None elsewhere); all ranks call it."""
+    state = {_local_name(k): v for k, v in dmp.state_dict().items()}
+    rank = dist.get_rank()
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        value = state[name]
+        if isinstance(value, ShardedTensor):
+            full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            value.gather(dst=0, out=full)
+            value = full
+        if rank == 0:
+            out[name] = value.detach().cpu().numpy().copy()
+    return out if rank == 0 else None

@@ -1,0 +1,24 @@
+"""The reference's initial weights, drawn from its seeded numpy stream in its order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlrm_dist.model import Arch, parameter_order
+
+
+def reference_init(rs: np.random.RandomState, arch: Arch) -> dict[str, np.ndarray]:
+    """Tables uniform(+-sqrt(1/n)) (n, D) in table order, then bottom then top MLP:
+    weight normal(0, sqrt(2/(m+n))) (m, n), bias normal(0, sqrt(1/m)) (m,); float32.
+
+    Returned in `parameter_order(arch)`, keyed by our parameter names.
+    """
+    values: list[np.ndarray] = []
+    for n in arch.ln_emb:
+        bound = np.sqrt(1 / n)
+        values.append(rs.uniform(low=-bound, high=bound, size=(n, arch.m_spa)).astype(np.float32))
+    for widths in (arch.ln_bot, arch.ln_top):
+        for n, m in zip(widths[:-1], widths[1:]):
+            values.append(rs.normal(0.0, np.sqrt(2 / (m + n)), size=(m, n)).astype(np.float32))
+            values.append(rs.normal(0.0, np.sqrt(1 / m), size=m).astype(np.float32))
+    return dict(zip(parameter_order(arch), values))

@@ -1,0 +1,159 @@
+"""DLRM with the reference's architecture, over a TorchRec EmbeddingBagCollection.
+
+Shapes: B batch, F sparse features (= tables), D embedding dim (= last bottom-MLP width).
+The embedding side is torchrec's `SparseArch`; the dense side is ours because the
+reference differs from torchrec's DLRM arches: a sigmoid on the last top layer, a
+lower-triangle interaction order (torchrec takes the upper one), and optional
+self-interaction. This module knows nothing about process groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import SparseArch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from dlrm_dist.config import ConfigError, ModelConfig
+from dlrm_dist.data.reference_random import feature_names
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The derived layer sizes, named as in the reference's `model arch:` print."""
+
+    m_spa: int  # embedding dim D
+    m_den: int  # dense features per sample
+    ln_emb: tuple[int, ...]  # rows per table
+    ln_bot: tuple[int, ...]  # bottom MLP widths
+    ln_top: tuple[int, ...]  # top MLP widths, interaction width first
+    num_fea: int  # F + 1: sparse features plus the dense one
+    num_int: int  # interaction output width
+
+
+def derive_arch(cfg: ModelConfig, dense_features: int = 0) -> Arch:
+    """Sizes as the reference derives them; raise ConfigError with its wording if they clash."""
+    ln_bot = tuple(cfg.mlp_bot)
+    m_den = dense_features or ln_bot[0]
+    m_spa = cfg.sparse_feature_size
+    num_fea = len(cfg.embedding_sizes) + 1
+    m_den_out = ln_bot[-1]
+    if m_den != ln_bot[0]:
+        raise ConfigError(
+            f"arch-dense-feature-size {m_den} does not match first dim of bottom mlp {ln_bot[0]}"
+        )
+    if m_spa != m_den_out:
+        raise ConfigError(
+            f"arch-sparse-feature-size {m_spa} does not match last dim of bottom mlp {m_den_out}"
+        )
+    if cfg.interaction == "dot":
+        pairs = num_fea * (num_fea + 1) if cfg.interaction_itself else num_fea * (num_fea - 1)
+        num_int = pairs // 2 + m_den_out
+    else:
+        num_int = num_fea * m_den_out
+    return Arch(
+        m_spa=m_spa,
+        m_den=m_den,
+        ln_emb=tuple(cfg.embedding_sizes),
+        ln_bot=ln_bot,
+        ln_top=(num_int, *cfg.mlp_top),
+        num_fea=num_fea,
+        num_int=num_int,
+    )
+
+
+def table_names(num_tables: int) -> list[str]:
+    return [f"t_{name}" for name in feature_names(num_tables)]
+
+
+def _mlp(widths: tuple[int, ...], sigmoid_last: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        last = i == len(widths) - 2
+        layers.append(nn.Sigmoid() if last and sigmoid_last else nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Interaction(nn.Module):
+    """dot: [x, lower triangle of (T T^T)] with T = [x, e_1..e_F] as (B, F+1, D);
+    cat: [x, e_1, ..., e_F]. Output (B, num_int)."""
+
+    def __init__(self, num_fea: int, op: str, itself: bool) -> None:
+        super().__init__()
+        self.op = op
+        off = 1 if itself else 0
+        li = [i for i in range(num_fea) for _ in range(i + off)]
+        lj = [j for i in range(num_fea) for j in range(i + off)]
+        self.register_buffer("li", torch.tensor(li, dtype=torch.long), persistent=False)
+        self.register_buffer("lj", torch.tensor(lj, dtype=torch.long), persistent=False)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """dense (B, D), sparse (B, F, D) -> (B, num_int)."""
+        if self.op == "cat":
+            return torch.cat([dense, sparse.flatten(1)], dim=1)
+        t = torch.cat([dense.unsqueeze(1), sparse], dim=1)
+        z = torch.bmm(t, t.transpose(1, 2))
+        return torch.cat([dense, z[:, self.li, self.lj]], dim=1)
+
+
+class DLRM(nn.Module):
+    """dense (B, m_den) + sparse KJT (F keys) -> click probability (B,)."""
+
+    def __init__(self, arch: Arch, cfg: ModelConfig, device: torch.device | str = "meta"):
+        super().__init__()
+        tables = [
+            EmbeddingBagConfig(
+                name=name,
+                embedding_dim=arch.m_spa,
+                num_embeddings=rows,
+                feature_names=[feature],
+                pooling=PoolingType.SUM,
+            )
+            for name, feature, rows in zip(
+                table_names(len(arch.ln_emb)), feature_names(len(arch.ln_emb)), arch.ln_emb
+            )
+        ]
+        self.sparse_arch = SparseArch(
+            EmbeddingBagCollection(tables=tables, device=torch.device(device))
+        )
+        self.bot_l = _mlp(arch.ln_bot, sigmoid_last=False)
+        self.interaction = Interaction(arch.num_fea, cfg.interaction, cfg.interaction_itself)
+        self.top_l = _mlp(arch.ln_top, sigmoid_last=True)
+        self.loss_threshold = cfg.loss_threshold
+
+    def forward(self, dense: torch.Tensor, sparse) -> torch.Tensor:
+        x = self.bot_l(dense)
+        p = self.top_l(self.interaction(x, self.sparse_arch(sparse))).squeeze(1)
+        t = self.loss_threshold
+        return torch.clamp(p, min=t, max=1.0 - t) if 0.0 < t < 1.0 else p
+
+
+def parameter_order(arch: Arch) -> list[str]:
+    """Our parameter names in the reference's `dlrm.parameters()` order."""
+    names = [
+        f"sparse_arch.embedding_bag_collection.embedding_bags.{t}.weight"
+        for t in table_names(len(arch.ln_emb))
+    ]
+    for prefix, widths in (("bot_l", arch.ln_bot), ("top_l", arch.ln_top)):
+        for i in range(len(widths) - 1):
+            names += [f"{prefix}.{2 * i}.weight", f"{prefix}.{2 * i}.bias"]
+    return names
+
+
+def make_loss(cfg: ModelConfig):
+    """(prediction (B,), target (B,)) -> scalar mean loss, as the reference's loss_fn_wrap."""
+    if cfg.loss_function == "mse":
+        return nn.MSELoss(reduction="mean")
+    if cfg.loss_function == "bce":
+        return nn.BCELoss(reduction="mean")
+    weights = torch.tensor(cfg.loss_weights, dtype=torch.float32)
+    bce = nn.BCELoss(reduction="none")
+
+    def wbce(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (weights.to(pred.device)[target.long()] * bce(pred, target)).mean()
+
+    return wbce

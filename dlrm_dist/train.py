@@ -1,0 +1,184 @@
+"""`python -m dlrm_dist.train`: the reference DLRM trainer's flags, on TorchRec.
+
+One script for 1 or N processes: rank, world size and device come from the torchrun
+environment; run directly, it brings up a one-rank group and takes the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dlrm_dist import distributed, report
+from dlrm_dist.cli import parse_args
+from dlrm_dist.config import Config, ConfigError
+from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
+from dlrm_dist.init import reference_init
+from dlrm_dist.lr_policy import LRPolicy
+from dlrm_dist.model import DLRM, Arch, derive_arch, make_loss, parameter_order
+
+
+@dataclass
+class RunResult:
+    """What a run produced; `final_weights` only on rank 0."""
+
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    samples: int = 0
+    seconds: float = 0.0
+    final_weights: dict[str, np.ndarray] | None = None
+
+
+def make_data(cfg: Config, arch: Arch, rs: np.random.RandomState, eval_set: bool = False):
+    """The reference's random train (or eval) data, sharing rs, the reference's global stream."""
+    d = cfg.data
+    spec = RandomDataSpec(
+        dense_features=arch.m_den,
+        table_sizes=arch.ln_emb,
+        num_indices_per_lookup=d.num_indices_per_lookup,
+        fixed=d.num_indices_per_lookup_fixed,
+        dist=d.rand_data_dist,
+        rmin=d.rand_data_min,
+        rmax=d.rand_data_max,
+        mu=d.rand_data_mu,
+        sigma=d.rand_data_sigma,
+        round_targets=d.round_targets,
+    )
+    batch = d.test_mini_batch_size if eval_set and d.test_mini_batch_size > 0 else None
+    return ReferenceRandomData(
+        spec,
+        rs,
+        cfg.train.numpy_rand_seed,
+        d.data_size,
+        d.num_batches,
+        batch or d.mini_batch_size,
+    )
+
+
+def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.RandomState):
+    """Model with the reference's initial weights, sharded; and its optimizer."""
+    weights = reference_init(rs, arch)
+    model = DLRM(arch, cfg.model, device="meta")
+    plan = distributed.build_plan(model, cfg.sharding, env)
+    dmp = distributed.shard(model, plan, env, cfg.optim)
+    distributed.load_full_weights(dmp, weights)
+    optimizer = distributed.build_optimizer(dmp, cfg.optim)
+    return dmp, optimizer, weights
+
+
+@torch.no_grad()
+def evaluate(model, data, loss_fn, device, num_batches: int) -> dict[str, float]:
+    """Loss (sample-weighted mean), accuracy (round(p) == t) and, for 0/1 targets, AUC."""
+    model.eval()
+    preds, targets, total_loss = [], [], 0.0
+    for i, batch in enumerate(data):
+        if i >= num_batches:
+            break
+        batch = batch.to(device)
+        p = model(batch.dense_features, batch.sparse_features)
+        total_loss += loss_fn(p, batch.labels).item() * batch.labels.numel()
+        preds.append(p.float().cpu())
+        targets.append(batch.labels.cpu())
+    model.train()
+    p, t = torch.cat(preds), torch.cat(targets)
+    out = {
+        "loss": total_loss / t.numel(),
+        "accuracy": (torch.round(p) == t).float().mean().item(),
+    }
+    if bool(((t == 0) | (t == 1)).all()) and 0 < t.sum() < t.numel():
+        from torchmetrics.functional.classification import binary_auroc
+
+        out["auc"] = binary_auroc(p, t.long()).item()
+    return out
+
+
+def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunResult:
+    arch = derive_arch(cfg.model, cfg.data.dense_features)
+    rs = np.random.RandomState(cfg.train.numpy_rand_seed)  # the reference's np.random
+    torch.manual_seed(cfg.train.numpy_rand_seed)
+    train_data = make_data(cfg, arch, rs)
+    test_data = make_data(cfg, arch, rs, eval_set=True)
+    nbatches = len(train_data)
+    if cfg.train.debug_mode:
+        out.arch(arch)
+        out.data(train_data)  # draws the batches before the model, as the reference
+    model, optimizer, _ = build(cfg, env, arch, rs)
+    names = parameter_order(arch)
+    if cfg.train.debug_mode:
+        out.parameters("initial", distributed.gather_full_weights(model, names), names)
+    lr_policy = LRPolicy(
+        optimizer,
+        cfg.optim.lr_num_warmup_steps,
+        cfg.optim.lr_decay_start_step,
+        cfg.optim.lr_num_decay_steps,
+    )
+    loss_fn = make_loss(cfg.model)
+    result = RunResult()
+    out.start(nbatches * cfg.train.nepochs, env, cfg)
+    best_acc = 0.0
+    step = 0
+    for epoch in range(cfg.train.nepochs):
+        fetch_start = time.perf_counter()
+        for j, batch in enumerate(train_data):
+            batch = batch.to(env.device)
+            t1 = time.perf_counter()
+            step += 1
+            lr = lr_policy.set_step(step)
+            optimizer.zero_grad()  # also hands the lr to the fused embedding kernels
+            loss = loss_fn(model(batch.dense_features, batch.sparse_features), batch.labels)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            t2 = time.perf_counter()
+            result.losses.append(value)
+            out.iteration(value, batch.labels.numel(), t1 - fetch_start, t2 - t1, lr)
+            fetch_start = t2
+            last = j + 1 == nbatches
+            test = cfg.train.test_freq > 0 and ((j + 1) % cfg.train.test_freq == 0 or last)
+            if (j + 1) % cfg.train.print_freq == 0 or last or test:
+                out.log_train(j + 1, nbatches, epoch)
+            if test:
+                metrics = evaluate(model, test_data, loss_fn, env.device, nbatches)
+                best_acc = max(best_acc, metrics["accuracy"])
+                result.evals.append(metrics)
+                out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
+                fetch_start = time.perf_counter()
+    result.samples, result.seconds = out.finish()
+    result.final_weights = distributed.gather_full_weights(model, names)
+    if cfg.train.debug_mode:
+        out.parameters("updated", result.final_weights, names)
+    return result
+
+
+def run(cfg: Config) -> RunResult:
+    """Train with cfg in this process (one rank, or one of torchrun's)."""
+    env = distributed.init_distributed()
+    try:
+        threads = distributed.set_threads(env, cfg.train.threads)
+        out = report.Reporter(cfg, rank=env.rank, threads=threads)
+        return train(cfg, env, out)
+    finally:
+        distributed.close_distributed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        cfg = parse_args(argv)
+        run(cfg)
+    except ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""Ground-truth oracle: a plain PyTorch/numpy re-implementation of reference DLRM.
+
+This module re-implements, independently and deliberately simply, the semantics of
+the reference DLRM training script (facebookresearch/dlrm ``dlrm_s_pytorch.py``
+together with ``dlrm_data_pytorch.py``) in its random-data mode on one CPU process.
+Tests and benchmarks use it as the ground truth for ``dlrm_dist``.
+
+The one intended deviation from the reference is that every random draw goes
+through an explicit ``numpy.random.RandomState`` object (``rs``) instead of the
+global ``np.random`` state.  ``RandomState(seed)`` produces exactly the stream of
+``np.random.seed(seed)``, so results match the reference bit for bit as long as
+the draws happen in the same order.  The draw order of the reference is:
+
+1. model initialisation (embedding tables in table order, then the bottom MLP,
+   then the top MLP; per linear layer the weight before the bias);
+2. data: the dataset reseeds the stream with ``seed`` whenever batch 0 is
+   fetched (every epoch), then draws each batch lazily, right before it is used.
+
+Reference quirks that are reproduced on purpose (see the function docstrings):
+
+* the number of lookups per bag is ``round(max(1, r * min(size, nipl)))`` with
+  ``r ~ U[0, 1)``, drawn even for bags that end up deduplicated;
+* uniform indices are deduplicated after the integer cast, Gaussian indices are
+  deduplicated *before* the integer cast, so a Gaussian bag can hold repeated
+  indices;
+* targets are cast to float32 before ``np.round`` when ``round_targets``;
+* the weighted BCE weights are a float64 tensor, so the ``wbce`` loss is reduced
+  in float64;
+* the learning-rate policy freezes at the last *computed* value outside the
+  warmup and decay windows whenever ``num_decay > 0`` (so after warmup the rate
+  stays at ``(W - 1) / W`` of the base rate until the decay starts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+Batch = tuple[Tensor, list[Tensor], list[Tensor], Tensor]
+
+__all__ = [
+    "OracleDLRM",
+    "OracleLRPolicy",
+    "interaction_indices",
+    "num_interaction_features",
+    "oracle_train",
+    "seed_style_batch",
+    "seed_style_batches",
+]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _bag_size(
+    rs: np.random.RandomState, size: int, num_indices_per_lookup: int, fixed: bool
+) -> int:
+    """Number of raw lookups drawn for one bag (before deduplication)."""
+    if fixed:
+        return int(num_indices_per_lookup)
+    r = float(rs.random(1)[0])
+    return int(np.round(max(1.0, r * min(size, num_indices_per_lookup))))
+
+
+def _bag_indices(
+    rs: np.random.RandomState,
+    size: int,
+    k: int,
+    dist: str,
+    rmin: float,
+    rmax: float,
+    mu: float,
+    sigma: float,
+) -> np.ndarray:
+    """Sorted indices of one bag, shape ``(<= k,)``, dtype int64."""
+    if dist == "uniform":
+        raw = np.round(rs.random(k) * (size - 1)).astype(np.int64)
+        return np.unique(raw)
+    if dist == "gaussian":
+        centre = (rmax + rmin) / 2.0 if mu == -1 else mu
+        samples = np.clip(rs.normal(centre, sigma, k), rmin, rmax)
+        # Quirk kept from the reference: dedup on floats, *then* truncate to int,
+        # so e.g. 1.2 and 1.7 both survive as index 1.
+        return np.unique(samples).astype(np.int64)
+    raise ValueError(f"unsupported distribution {dist!r}; use 'uniform' or 'gaussian'")
+
+
+def seed_style_batch(
+    rs: np.random.RandomState,
+    m_den: int,
+    ln_emb: Sequence[int],
+    n: int,
+    num_indices_per_lookup: int,
+    fixed: bool,
+    dist: str = "uniform",
+    rmin: float = 0.0,
+    rmax: float = 1.0,
+    mu: float = -1.0,
+    sigma: float = 1.0,
+    round_targets: bool = False,
+) -> Batch:
+    """Draw one random mini-batch exactly like the reference generator.
+
+    This is intentionally the reference's simple per-sample Python loop (it also
+    serves as the "seed-style loop" baseline in benchmarks).
+
+    Draw order: dense features ``rs.rand(n, m_den)``; then for each table, for
+    each sample, the bag size (unless ``fixed``) followed by the bag's indices;
+    finally the targets ``rs.rand(n, 1)``.
+
+    Args:
+        rs: random stream to draw from (advanced in place).
+        m_den: number of dense features.
+        ln_emb: number of rows of each embedding table.
+        n: number of samples in the batch.
+        num_indices_per_lookup: (maximum) number of lookups per bag.
+        fixed: if true every bag draws exactly ``num_indices_per_lookup`` lookups.
+        dist: ``"uniform"`` or ``"gaussian"`` index distribution.
+        rmin, rmax, mu, sigma: Gaussian parameters (``mu == -1`` means the centre
+            of ``[rmin, rmax]``); the samples are clipped to ``[rmin, rmax]``.
+        round_targets: round the targets to 0/1.
+
+    Returns:
+        ``(X, offsets, indices, T)`` where ``X`` is float32 ``(n, m_den)``,
+        ``offsets[t]`` is int64 ``(n,)`` with the start of each bag of table
+        ``t`` in ``indices[t]``, ``indices[t]`` is int64 ``(total lookups of t,)``
+        and ``T`` is float32 ``(n, 1)``.
+    """
+    X = torch.tensor(rs.rand(n, m_den).astype(np.float32))
+
+    offsets: list[Tensor] = []
+    indices: list[Tensor] = []
+    for size in ln_emb:
+        table_offsets: list[int] = []
+        table_indices: list[int] = []
+        start = 0
+        for _ in range(n):
+            k = _bag_size(rs, int(size), num_indices_per_lookup, fixed)
+            bag = _bag_indices(rs, int(size), k, dist, rmin, rmax, mu, sigma)
+            table_offsets.append(start)
+            table_indices.extend(int(i) for i in bag)
+            start += int(bag.size)
+        offsets.append(torch.tensor(table_offsets, dtype=torch.int64))
+        indices.append(torch.tensor(table_indices, dtype=torch.int64))
+
+    targets = rs.rand(n, 1).astype(np.float32)
+    if round_targets:
+        targets = np.round(targets).astype(np.float32)
+    T = torch.tensor(targets)
+    return X, offsets, indices, T
+
+
+def seed_style_batches(
+    rs: np.random.RandomState,
+    seed: int,
+    m_den: int,
+    ln_emb: Sequence[int],
+    data_size: int,
+    num_batches: int,
+    mini_batch_size: int,
+    num_indices_per_lookup: int,
+    fixed: bool,
+    dist: str = "uniform",
+    rmin: float = 0.0,
+    rmax: float = 1.0,
+    mu: float = -1.0,
+    sigma: float = 1.0,
+    round_targets: bool = False,
+) -> Iterator[Batch]:
+    """Lazily yield one epoch of batches like the reference dataset + loader.
+
+    ``nbatches = ceil(data_size / mini_batch_size)``, unless ``num_batches != 0``
+    in which case ``nbatches = num_batches`` and ``data_size`` becomes
+    ``num_batches * mini_batch_size``.  Batch ``i`` has
+    ``min(mini_batch_size, data_size - i * mini_batch_size)`` samples.  Before
+    drawing batch 0 the stream is reseeded with ``rs.seed(seed)`` (the
+    reference's ``reset_seed_on_access``).  Each batch is drawn only when the
+    consumer asks for it, so draws made from ``rs`` between batches interleave
+    exactly as in the reference.
+
+    Yields:
+        ``(X, offsets, indices, T)`` as returned by :func:`seed_style_batch`.
+    """
+    nbatches = int(np.ceil((data_size * 1.0) / mini_batch_size))
+    if num_batches != 0:
+        nbatches = num_batches
+        data_size = nbatches * mini_batch_size
+    for i in range(nbatches):
+        if i == 0:
+            rs.seed(seed)
+        n = min(mini_batch_size, data_size - i * mini_batch_size)
+        yield seed_style_batch(
+            rs,
+            m_den,
+            ln_emb,
+            n,
+            num_indices_per_lookup,
+            fixed,
+            dist=dist,
+            rmin=rmin,
+            rmax=rmax,
+            mu=mu,
+            sigma=sigma,
+            round_targets=round_targets,
+        )
+
+
+# -------------------------------------------------------------------------- model
+
+
+def interaction_indices(
+    num_features: int, itself: bool = False
+) -> tuple[list[int], list[int]]:
+    """Row/column indices of the kept entries of the ``(F, F)`` Gram matrix.
+
+    Strict lower triangle (or lower triangle with the diagonal if ``itself``),
+    enumerated row by row: ``(1, 0), (2, 0), (2, 1), (3, 0), ...``.
+    """
+    extra = 1 if itself else 0
+    rows: list[int] = []
+    cols: list[int] = []
+    for i in range(num_features):
+        for j in range(i + extra):
+            rows.append(i)
+            cols.append(j)
+    return rows, cols
+
+
+def num_interaction_features(
+    num_tables: int, bottom_out: int, interaction: str = "dot", itself: bool = False
+) -> int:
+    """Width of the top MLP input (the reference's ``num_int``).
+
+    ``num_tables`` sparse features plus the dense one, each of width ``bottom_out``.
+    """
+    num_fea = num_tables + 1  # sparse features + the dense one
+    if interaction == "dot":
+        if itself:
+            return num_fea * (num_fea + 1) // 2 + bottom_out
+        return num_fea * (num_fea - 1) // 2 + bottom_out
+    if interaction == "cat":
+        return num_fea * bottom_out
+    raise ValueError(f"unsupported interaction {interaction!r}; use 'dot' or 'cat'")
+
+
+def _make_mlp(
+    rs: np.random.RandomState, widths: Sequence[int], sigmoid_last: bool
+) -> nn.Sequential:
+    """Linear layers ``widths[0] -> ... -> widths[-1]``, each followed by ReLU.
+
+    If ``sigmoid_last`` the last activation is a Sigmoid instead.  Per layer the
+    weight ``(out, in)`` is drawn from ``N(0, sqrt(2 / (out + in)))`` and then the
+    bias ``(out,)`` from ``N(0, sqrt(1 / out))``.
+    """
+    layers: list[nn.Module] = []
+    n_layers = len(widths) - 1
+    for i in range(n_layers):
+        n_in, n_out = int(widths[i]), int(widths[i + 1])
+        linear = nn.Linear(n_in, n_out, bias=True)
+        weight = rs.normal(
+            0.0, math.sqrt(2 / (n_out + n_in)), size=(n_out, n_in)
+        ).astype(np.float32)
+        bias = rs.normal(0.0, math.sqrt(1 / n_out), size=n_out).astype(np.float32)
+        linear.weight.data = torch.tensor(weight)
+        linear.bias.data = torch.tensor(bias)
+        layers.append(linear)
+        last = i == n_layers - 1
+        layers.append(nn.Sigmoid() if (sigmoid_last and last) else nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class OracleDLRM(nn.Module):
+    """Single-process reference DLRM (sum-pooled embeddings, MLPs, interaction).
+
+    Parameters are created, and their initial values drawn from ``rs``, in the
+    reference order: embedding tables (``U(-sqrt(1/n), sqrt(1/n))`` for an
+    ``n``-row table), then the bottom MLP, then the top MLP.  ``parameters()``
+    yields them in that same order.
+
+    Args:
+        rs: random stream for the initial values (advanced in place).
+        m_spa: embedding dimension ``D`` (must equal ``ln_bot[-1]``).
+        ln_emb: number of rows of each of the ``F`` tables.
+        ln_bot: bottom MLP widths, ``ln_bot[0]`` = number of dense features.
+        ln_top: full top MLP widths, ``ln_top[0]`` = interaction width.
+        interaction: ``"dot"`` or ``"cat"``.
+        interaction_itself: keep the Gram-matrix diagonal in ``"dot"``.
+        loss_threshold: if in ``(0, 1)`` the output is clamped to
+            ``[thr, 1 - thr]``.
+    """
+
+    def __init__(
+        self,
+        rs: np.random.RandomState,
+        m_spa: int,
+        ln_emb: Sequence[int],
+        ln_bot: Sequence[int],
+        ln_top: Sequence[int],
+        interaction: str = "dot",
+        interaction_itself: bool = False,
+        loss_threshold: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if interaction not in ("dot", "cat"):
+            raise ValueError(
+                f"unsupported interaction {interaction!r}; use 'dot' or 'cat'"
+            )
+        self.interaction = interaction
+        self.interaction_itself = interaction_itself
+        self.loss_threshold = loss_threshold
+
+        tables: list[nn.Module] = []
+        for n in ln_emb:
+            n = int(n)
+            bag = nn.EmbeddingBag(n, m_spa, mode="sum", sparse=True)
+            bound = math.sqrt(1 / n)
+            weight = rs.uniform(low=-bound, high=bound, size=(n, m_spa)).astype(
+                np.float32
+            )
+            bag.weight.data = torch.tensor(weight)
+            tables.append(bag)
+        self.emb_l = nn.ModuleList(tables)
+        self.bot_l = _make_mlp(rs, ln_bot, sigmoid_last=False)
+        self.top_l = _make_mlp(rs, ln_top, sigmoid_last=True)
+
+    def interact(self, x: Tensor, embs: list[Tensor]) -> Tensor:
+        """Combine the dense vector ``x`` (B, D) with ``F`` embeddings (B, D) each.
+
+        ``"dot"``: ``(B, D + #pairs)`` = ``x`` followed by the selected entries of
+        the per-sample Gram matrix of the ``F + 1`` feature vectors.
+        ``"cat"``: ``(B, (F + 1) * D)`` concatenation.
+        """
+        if self.interaction == "cat":
+            return torch.cat([x, *embs], dim=1)
+        batch, dim = x.shape
+        feats = torch.cat([x, *embs], dim=1).view(batch, -1, dim)  # (B, F+1, D)
+        gram = torch.bmm(feats, feats.transpose(1, 2))  # (B, F+1, F+1)
+        rows, cols = interaction_indices(gram.shape[1], self.interaction_itself)
+        pairs = gram[
+            :,
+            torch.tensor(rows, dtype=torch.long),
+            torch.tensor(cols, dtype=torch.long),
+        ]
+        return torch.cat([x, pairs], dim=1)
+
+    def forward(
+        self, X: Tensor, offsets: Sequence[Tensor] | Tensor, indices: Sequence[Tensor]
+    ) -> Tensor:
+        """Click probabilities ``(B, 1)`` for dense ``X`` (B, m_den) and bags.
+
+        ``offsets[t]`` (B,) and ``indices[t]`` (nnz_t,) describe the bags of table
+        ``t``; ``offsets`` may also be a stacked ``(F, B)`` tensor.
+        """
+        x = self.bot_l(X)
+        embs = [table(indices[t], offsets[t]) for t, table in enumerate(self.emb_l)]
+        p = self.top_l(self.interact(x, embs))
+        thr = self.loss_threshold
+        if 0.0 < thr < 1.0:
+            p = torch.clamp(p, min=thr, max=1.0 - thr)
+        return p
+
+
+# ---------------------------------------------------------------------- LR policy
+
+
+class OracleLRPolicy(LRScheduler):
+    """Reference DLRM learning-rate policy: linear warmup, then quadratic decay.
+
+    With ``s = self._step_count`` (1 right after construction, because the base
+    class ``__init__`` calls ``step()`` once; so the ``i``-th training iteration,
+    counted from 0, runs with the rate computed for ``s = i + 1``):
+
+    * ``s < W``: ``base * (1 - (W - s) / W)``;
+    * ``D <= s < D + N``: ``max(1e-7, base * ((N - (s - D)) / N) ** 2)``;
+    * otherwise: if ``N > 0`` the last rate computed by one of the two branches
+      above (the base rate if none has been computed yet -- the reference would
+      crash there), else the base rate.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        num_warmup_steps: int,
+        decay_start_step: int,
+        num_decay_steps: int,
+    ) -> None:
+        if decay_start_step < num_warmup_steps:
+            raise ValueError("Learning rate warmup must finish before the decay starts")
+        self.num_warmup_steps = num_warmup_steps
+        self.decay_start_step = decay_start_step
+        self.decay_end_step = decay_start_step + num_decay_steps
+        self.num_decay_steps = num_decay_steps
+        self.last_policy_lr: list[float] | None = None
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        """Rates for the current ``self._step_count`` (see the class docstring)."""
+        step = self._step_count
+        base_lrs = [float(b) for b in self.base_lrs]
+        warmup = self.num_warmup_steps
+        if step < warmup:
+            scale = 1.0 - (warmup - step) / warmup
+            self.last_policy_lr = [b * scale for b in base_lrs]
+            return list(self.last_policy_lr)
+        if self.decay_start_step <= step < self.decay_end_step:
+            done = step - self.decay_start_step
+            scale = ((self.num_decay_steps - done) / self.num_decay_steps) ** 2
+            self.last_policy_lr = [max(1e-7, b * scale) for b in base_lrs]
+            return list(self.last_policy_lr)
+        if self.num_decay_steps > 0 and self.last_policy_lr is not None:
+            return list(self.last_policy_lr)
+        return base_lrs
+
+
+# ----------------------------------------------------------------------- training
+
+
+def oracle_train(
+    *,
+    seed: int,
+    m_spa: int,
+    ln_emb: Sequence[int],
+    ln_bot: Sequence[int],
+    ln_top_user: Sequence[int],
+    interaction: str = "dot",
+    interaction_itself: bool = False,
+    loss_function: str = "mse",
+    loss_weights: Sequence[float] = (1.0, 1.0),
+    loss_threshold: float = 0.0,
+    learning_rate: float = 0.01,
+    nepochs: int = 1,
+    data_size: int,
+    num_batches: int = 0,
+    mini_batch_size: int,
+    num_indices_per_lookup: int = 10,
+    fixed: bool = False,
+    dist: str = "uniform",
+    rmin: float = 0.0,
+    rmax: float = 1.0,
+    mu: float = -1.0,
+    sigma: float = 1.0,
+    round_targets: bool = False,
+    warmup: int = 0,
+    decay_start: int = 0,
+    num_decay: int = 0,
+) -> dict[str, list]:
+    """Train like the reference script (random data, SGD, one CPU process).
+
+    ``ln_top_user`` is the user's top MLP without its input width; the
+    interaction width is prepended as in the reference.
+
+    Returns:
+        ``{"losses": [float per iteration, all epochs in order],
+        "lrs": [learning rate used by each iteration],
+        "params": [np.ndarray final parameters in parameters() order],
+        "init_params": [np.ndarray initial parameters]}``.
+    """
+    ln_emb = [int(v) for v in ln_emb]
+    ln_bot = [int(v) for v in ln_bot]
+    if m_spa != ln_bot[-1]:
+        raise ValueError(
+            f"m_spa={m_spa} must equal the last bottom MLP width {ln_bot[-1]}"
+        )
+    num_int = num_interaction_features(
+        len(ln_emb), ln_bot[-1], interaction, interaction_itself
+    )
+    ln_top = [num_int, *(int(v) for v in ln_top_user)]
+
+    rs = np.random.RandomState(seed)
+    model = OracleDLRM(
+        rs,
+        m_spa,
+        ln_emb,
+        ln_bot,
+        ln_top,
+        interaction,
+        interaction_itself,
+        loss_threshold,
+    )
+    init_params = [p.detach().numpy().copy() for p in model.parameters()]
+
+    if loss_function == "mse":
+        loss_fn: nn.Module = nn.MSELoss(reduction="mean")
+    elif loss_function in ("bce", "wbce"):
+        loss_fn = nn.BCELoss(reduction="mean" if loss_function == "bce" else "none")
+    else:
+        raise ValueError(f"unsupported loss {loss_function!r}")
+    # float64, as in the reference (np.fromstring(..., dtype=float)).
+    weights = torch.tensor(np.asarray(loss_weights, dtype=np.float64))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    scheduler = OracleLRPolicy(optimizer, warmup, decay_start, num_decay)
+
+    losses: list[float] = []
+    lrs: list[float] = []
+    for _ in range(nepochs):
+        batches = seed_style_batches(
+            rs,
+            seed,
+            ln_bot[0],
+            ln_emb,
+            data_size,
+            num_batches,
+            mini_batch_size,
+            num_indices_per_lookup,
+            fixed,
+            dist=dist,
+            rmin=rmin,
+            rmax=rmax,
+            mu=mu,
+            sigma=sigma,
+            round_targets=round_targets,
+        )
+        for X, offsets, indices, T in batches:
+            lrs.append(float(optimizer.param_groups[0]["lr"]))
+            optimizer.zero_grad()
+            Z = model(X, offsets, indices)
+            if loss_function == "wbce":
+                w = weights[T.view(-1).long()].view_as(T)
+                E = (w * loss_fn(Z, T)).mean()
+            else:
+                E = loss_fn(Z, T)
+            E.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(E.item())
+
+    return {
+        "losses": losses,
+        "lrs": lrs,
+        "params": [p.detach().numpy().copy() for p in model.parameters()],
+        "init_params": init_params,
+    }
