@@ -70,12 +70,12 @@ class Reporter:
         with torch_printoptions(precision=4):
             for j in range(len(data)):
                 raw = data.raw(j)
-                lengths = torch.IntTensor(np.stack(raw.lengths).tolist())
+                lengths = torch.IntTensor(raw.lengths.tolist())
                 self.print(
                     f"mini-batch: {j}",
                     torch.from_numpy(raw.dense),
                     lengths,
-                    [torch.from_numpy(ix) for ix in raw.indices],
+                    [torch.from_numpy(ix) for ix in raw.indices()],
                     torch.from_numpy(raw.targets),
                 )
 

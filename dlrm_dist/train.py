@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,8 +167,19 @@ def run(cfg: Config) -> RunResult:
         distributed.close_distributed()
 
 
+def _quiet_libraries() -> None:
+    """torch/torchrec warn about internals users cannot act on; keep the log readable."""
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda r: r.name.startswith("dlrm_dist") or r.levelno >= logging.ERROR)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("dlrm_dist").setLevel(logging.INFO)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _quiet_libraries()
     try:
         cfg = parse_args(argv)
         run(cfg)

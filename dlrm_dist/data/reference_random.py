@@ -7,8 +7,8 @@ then targets `rand(n, 1)`. It reseeds the stream at batch 0 of every pass.
 
 For `uniform`, every draw is one double of the stream, so we draw a worst-case block at
 once, find where each bag's size draw sits by pointer doubling over the block
-(`next = here + 1 + bag size`), gather the bags and dedup them with one global
-`np.unique` over (bag, index) keys. The stream is then advanced by exactly what the
+(`next = here + 1 + bag size`), gather all bags of all tables as padded rows and dedup
+them with one row-wise sort. The stream is then advanced by exactly what the
 reference consumed. `gaussian` goes through numpy's stateful normal sampler (its cached
 second deviate spans calls), so only its fixed-size mode is a single call; its random-size
 mode keeps a scalar loop over bags, and the dedup is vectorized in both.
@@ -43,13 +43,17 @@ class RandomDataSpec:
 
 @dataclass
 class RawBatch:
-    """One batch as numpy arrays: dense (n, m_den) f32, per-table lengths (n,) and
-    indices (sum of lengths,) int64, targets (n, 1) f32."""
+    """One batch as numpy arrays: dense (n, m_den) f32, lengths (F, n) int64 (bag sizes,
+    table-major), values (sum of lengths,) int64 (indices, table-major), targets (n, 1) f32."""
 
     dense: np.ndarray
-    lengths: list[np.ndarray]
-    indices: list[np.ndarray]
+    lengths: np.ndarray
+    values: np.ndarray
     targets: np.ndarray
+
+    def indices(self) -> list[np.ndarray]:
+        """Per-table indices, the reference's `lS_i`."""
+        return np.split(self.values, np.cumsum(self.lengths.sum(axis=1))[:-1])
 
     def offsets(self) -> list[np.ndarray]:
         """Per-table bag start offsets (n,), the reference's `lS_o`."""
@@ -74,39 +78,61 @@ def _targets(u: np.ndarray, round_targets: bool) -> np.ndarray:
     return np.round(t).astype(np.float32) if round_targets else t
 
 
+_PAD = np.iinfo(np.int64).max
+
+
 def _draw_uniform(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> RawBatch:
-    nipl = spec.num_indices_per_lookup
-    caps = [min(size, nipl) for size in spec.table_sizes]
-    per_table = [n * nipl if spec.fixed else n * (1 + cap) for cap in caps]
-    m_den = spec.dense_features
-    worst = n * m_den + sum(per_table) + n
+    nipl, m_den = spec.num_indices_per_lookup, spec.dense_features
+    sizes = np.asarray(spec.table_sizes, dtype=np.int64)
+    caps = np.minimum(sizes, nipl)
+    rows = sizes.size * n  # one row per (table, sample) bag
+    sparse_worst = rows * nipl if spec.fixed else n * int((1 + caps).sum())
+    worst = n * m_den + sparse_worst + n
     state = rs.get_state()
     u = rs.random_sample(worst)
     dense = u[: n * m_den].reshape(n, m_den).astype(np.float32)
     cur = n * m_den
-    lengths, indices = [], []
-    for size, cap in zip(spec.table_sizes, caps):
-        if spec.fixed:
-            seg = np.repeat(np.arange(n), nipl)
-            vals = u[cur : cur + n * nipl]
-            cur += n * nipl
-        else:
-            block = u[cur : cur + n * (1 + cap)]
-            pos, ks = _bag_starts(block, cap, n)
-            seg = np.repeat(np.arange(n), ks)
-            first = np.repeat(pos + 1 - (np.cumsum(ks) - ks), ks)
-            vals = block[first + np.arange(seg.size)]
-            cur += int(pos[-1] + 1 + ks[-1])
-        idx = np.round(vals * (size - 1)).astype(np.int64)
-        ln, ix = _dedup_int(seg, idx, size, n)
-        lengths.append(ln)
-        indices.append(ix)
+    if spec.fixed:
+        vals = u[cur : cur + rows * nipl].reshape(rows, nipl)
+        valid = None
+        cur += rows * nipl
+    else:
+        width = int(caps.max())
+        vals = np.zeros((rows, width))
+        ks = np.empty(rows, dtype=np.int64)
+        t = 0
+        while t < sizes.size:  # consecutive tables with the same cap share one chain
+            end = t
+            while end < sizes.size and caps[end] == caps[t]:
+                end += 1
+            cap = int(caps[t])
+            block = u[cur : cur + (end - t) * n * (1 + cap)]
+            pos, k = _bag_starts(block, cap, (end - t) * n)
+            ks[t * n : end * n] = k
+            take = np.minimum(pos[:, None] + 1 + np.arange(width), block.size - 1)
+            vals[t * n : end * n] = block[take]
+            cur += int(pos[-1] + 1 + k[-1])
+            t = end
+        valid = np.arange(width) < ks[:, None]
+    idx = np.round(vals * (np.repeat(sizes, n)[:, None] - 1)).astype(np.int64)
+    if valid is not None:
+        idx[~valid] = _PAD
+    lengths, values = _dedup_rows(idx)
     targets = _targets(u[cur : cur + n].reshape(n, 1), spec.round_targets)
     cur += n
     if cur < worst:  # rewind, then advance by exactly what the reference consumed
         rs.set_state(state)
         rs.random_sample(cur)
-    return RawBatch(dense, lengths, indices, targets)
+    return RawBatch(dense, lengths.reshape(sizes.size, n), values, targets)
+
+
+def _dedup_rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row is one bag padded with _PAD: its sorted unique indices (the reference's
+    per-bag np.unique), for all bags at once. Returns lengths (rows,), values."""
+    idx.sort(axis=1)
+    keep = idx != _PAD
+    keep[:, 1:] &= idx[:, 1:] != idx[:, :-1]
+    return keep.sum(axis=1).astype(np.int64), idx[keep]
 
 
 def _bag_sizes(r: np.ndarray, cap: int) -> np.ndarray:
@@ -132,20 +158,11 @@ def _bag_starts(block: np.ndarray, cap: int, n: int) -> tuple[np.ndarray, np.nda
     return pos, sizes[pos]
 
 
-def _dedup_int(
-    seg: np.ndarray, idx: np.ndarray, size: int, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bag sorted unique indices (the reference's per-bag np.unique), all bags at once."""
-    keys = np.unique(seg * size + idx)
-    bag = keys // size
-    return np.bincount(bag, minlength=n).astype(np.int64), keys - bag * size
-
-
 def _draw_gaussian(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> RawBatch:
     nipl = spec.num_indices_per_lookup
     mu = (spec.rmax + spec.rmin) / 2.0 if spec.mu == -1 else spec.mu
     dense = rs.rand(n, spec.dense_features).astype(np.float32)
-    lengths, indices = [], []
+    lengths, values = [], []
     for size in spec.table_sizes:
         if spec.fixed:
             ks = np.full(n, nipl, dtype=np.int64)
@@ -166,17 +183,17 @@ def _draw_gaussian(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> R
         keep = np.ones(seg.size, dtype=bool)
         keep[1:] = (seg[1:] != seg[:-1]) | (vals[1:] != vals[:-1])
         lengths.append(np.bincount(seg[keep], minlength=n).astype(np.int64))
-        indices.append(vals[keep].astype(np.int64))
+        values.append(vals[keep].astype(np.int64))
     targets = _targets(rs.rand(n, 1), spec.round_targets)
-    return RawBatch(dense, lengths, indices, targets)
+    return RawBatch(dense, np.stack(lengths), np.concatenate(values), targets)
 
 
 def to_batch(raw: RawBatch, keys: list[str]) -> Batch:
     """RawBatch -> TorchRec Batch: dense (n, m_den), KJT with one key per table, labels (n,)."""
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=keys,
-        values=torch.from_numpy(np.concatenate(raw.indices)),
-        lengths=torch.from_numpy(np.concatenate(raw.lengths)),
+        values=torch.from_numpy(raw.values),
+        lengths=torch.from_numpy(raw.lengths.reshape(-1)),
     )
     return Batch(
         dense_features=torch.from_numpy(raw.dense),

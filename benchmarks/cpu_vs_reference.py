@@ -1,0 +1,432 @@
+"""dlrm_dist vs the reference on CPU: end-to-end training and data generation, same run.
+
+    python benchmarks/cpu_vs_reference.py [--configs A,B,C] [--batches N] [--repeats R]
+                                          [--threads T] [--smoke]
+
+The baseline is `tests/oracle.py`, a plain-PyTorch re-implementation of the reference
+`dlrm_s_pytorch.py` whose data come from the reference's per-sample loop generator
+(`seed_style_batch`). Both sides are measured in this process, alternating, R times;
+we report min / median / max samples/s and the ratio of the medians (ours / oracle).
+
+What each timing covers:
+  ours     `RunResult.seconds`: the training loop from the first batch drawn to the last
+           step done (data generation included); excludes the process group, planning,
+           sharding, the initial weights and the final weight gather.
+  oracle   the whole `oracle_train` call: model construction and its initial weights
+           (measured on its own too, and printed), data generation, training, copying
+           the parameters out.
+  data     our `ReferenceRandomData` iterated to TorchRec batches, and its raw numpy
+           batches (`.raw(i)`), vs the seed loop (`seed_style_batches`, which calls
+           `seed_style_batch` per batch); each starts from a fresh stream.
+
+`--smoke` runs the same code at a tiny size (2 batches, 1 repeat) to check it works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
+
+from dlrm_dist.cli import parse_args  # noqa: E402
+from dlrm_dist.config import Config  # noqa: E402
+from dlrm_dist.data.reference_random import ReferenceRandomData  # noqa: E402
+from dlrm_dist.model import Arch, derive_arch  # noqa: E402
+from dlrm_dist.train import make_data, run  # noqa: E402
+from tests.oracle import OracleDLRM, oracle_train, seed_style_batches  # noqa: E402
+
+# The seed's CPU configs, as reference flags (top MLP 4-2-1, mse, lr 0.01, seed 123:
+# the reference defaults, spelled out so both sides read them from one Config).
+COMMON = [
+    "--arch-mlp-top=4-2-1",
+    "--loss-function=mse",
+    "--learning-rate=0.01",
+    "--numpy-rand-seed=123",
+]
+CONFIGS: dict[str, list[str]] = {
+    "A": [
+        "--arch-sparse-feature-size=2",
+        "--arch-mlp-bot=4-3-2",
+        "--arch-embedding-size=4-3-2",
+        "--mini-batch-size=1000",
+    ],
+    "B": [
+        "--arch-sparse-feature-size=2",
+        "--arch-mlp-bot=4-3-2",
+        "--arch-embedding-size=4-3-2",
+        "--mini-batch-size=100",
+    ],
+    "C": [
+        "--arch-sparse-feature-size=16",
+        "--arch-mlp-bot=13-512-256-64-16",
+        "--arch-embedding-size=" + "-".join(["100"] * 12 + ["1000"] * 3),
+        "--mini-batch-size=128",
+    ],
+}
+
+
+@dataclass
+class Stats:
+    """samples/s over the repeats."""
+
+    rates: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+    def cell(self) -> str:
+        """`median (min-max)` for a table cell."""
+        return f"{self.median:,.0f} ({min(self.rates):,.0f}-{max(self.rates):,.0f})"
+
+
+@dataclass
+class TrainResult:
+    ours: Stats
+    oracle: Stats
+    oracle_build_s: float  # median oracle model construction, seconds
+    oracle_call_s: float  # median whole oracle_train call, seconds
+    max_loss_diff: float  # ours vs oracle loss curves, first repeat
+
+
+@dataclass
+class DataResult:
+    batches: Stats  # ours, TorchRec batches
+    raw: Stats  # ours, raw numpy
+    seed: Stats  # the seed loop
+    mismatches: list[str]  # fields of batch 0 that differ from the seed loop's
+
+
+def config_for(name: str, batches: int, threads: int) -> Config:
+    return parse_args(
+        CONFIGS[name]
+        + COMMON
+        + [
+            f"--num-batches={batches}",
+            f"--threads={threads}",
+            "--print-freq=1000000",
+            "--progress-bar=false",
+        ]
+    )
+
+
+def oracle_kwargs(cfg: Config, arch: Arch) -> dict[str, Any]:
+    """oracle_train's arguments for the same run as cfg."""
+    m = cfg.model
+    return dict(
+        seed=cfg.train.numpy_rand_seed,
+        m_spa=arch.m_spa,
+        ln_emb=arch.ln_emb,
+        ln_bot=arch.ln_bot,
+        ln_top_user=m.mlp_top,
+        interaction=m.interaction,
+        interaction_itself=m.interaction_itself,
+        loss_function=m.loss_function,
+        loss_weights=m.loss_weights,
+        loss_threshold=m.loss_threshold,
+        learning_rate=cfg.optim.learning_rate,
+        nepochs=cfg.train.nepochs,
+        warmup=cfg.optim.lr_num_warmup_steps,
+        decay_start=cfg.optim.lr_decay_start_step,
+        num_decay=cfg.optim.lr_num_decay_steps,
+        **seed_data_kwargs(cfg),
+    )
+
+
+def seed_data_kwargs(cfg: Config) -> dict[str, Any]:
+    """The data arguments shared by oracle_train and seed_style_batches."""
+    d = cfg.data
+    return dict(
+        data_size=d.data_size,
+        num_batches=d.num_batches,
+        mini_batch_size=d.mini_batch_size,
+        num_indices_per_lookup=d.num_indices_per_lookup,
+        fixed=d.num_indices_per_lookup_fixed,
+        dist=d.rand_data_dist,
+        rmin=d.rand_data_min,
+        rmax=d.rand_data_max,
+        mu=d.rand_data_mu,
+        sigma=d.rand_data_sigma,
+        round_targets=d.round_targets,
+    )
+
+
+def run_ours(cfg: Config) -> tuple[float, list[float]]:
+    """samples/s of our trainer, and its losses. Its log lines and torchrec's
+    setup warnings are swallowed; errors still surface."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            result = run(cfg)
+        finally:
+            logging.disable(logging.NOTSET)
+    return result.samples / result.seconds, result.losses
+
+
+def run_oracle(kwargs: dict[str, Any], samples: int) -> tuple[float, float, list[float]]:
+    """samples/s of the whole oracle_train call, its seconds, and its losses."""
+    start = time.perf_counter()
+    out = oracle_train(**kwargs)
+    seconds = time.perf_counter() - start
+    return samples / seconds, seconds, out["losses"]
+
+
+def time_oracle_build(kwargs: dict[str, Any], arch: Arch) -> float:
+    """Seconds to build the oracle model and copy its initial weights (in oracle_train)."""
+    start = time.perf_counter()
+    model = OracleDLRM(
+        np.random.RandomState(kwargs["seed"]),
+        arch.m_spa,
+        arch.ln_emb,
+        arch.ln_bot,
+        arch.ln_top,
+        kwargs["interaction"],
+        kwargs["interaction_itself"],
+        kwargs["loss_threshold"],
+    )
+    _ = [p.detach().numpy().copy() for p in model.parameters()]
+    return time.perf_counter() - start
+
+
+def bench_training(cfg: Config, repeats: int) -> TrainResult:
+    arch = derive_arch(cfg.model, cfg.data.dense_features)
+    kwargs = oracle_kwargs(cfg, arch)
+    samples = cfg.data.num_batches * cfg.data.mini_batch_size
+    ours, oracle, builds, calls = [], [], [], []
+    loss_diff = float("nan")
+    for r in range(repeats):
+        rate, our_losses = run_ours(cfg)
+        ours.append(rate)
+        rate, seconds, oracle_losses = run_oracle(kwargs, samples)
+        oracle.append(rate)
+        calls.append(seconds)
+        builds.append(time_oracle_build(kwargs, arch))
+        if r == 0:
+            loss_diff = float(np.max(np.abs(np.subtract(our_losses, oracle_losses))))
+    return TrainResult(
+        Stats(ours),
+        Stats(oracle),
+        statistics.median(builds),
+        statistics.median(calls),
+        loss_diff,
+    )
+
+
+def fresh_data(cfg: Config) -> ReferenceRandomData:
+    arch = derive_arch(cfg.model, cfg.data.dense_features)
+    return make_data(cfg, arch, np.random.RandomState(cfg.train.numpy_rand_seed))
+
+
+def fresh_seed_loop(cfg: Config):
+    arch = derive_arch(cfg.model, cfg.data.dense_features)
+    seed = cfg.train.numpy_rand_seed
+    return seed_style_batches(
+        np.random.RandomState(seed), seed, arch.m_den, arch.ln_emb, **seed_data_kwargs(cfg)
+    )
+
+
+def samples_per_s(consume: Callable[[], int]) -> float:
+    start = time.perf_counter()
+    samples = consume()
+    return samples / (time.perf_counter() - start)
+
+
+def bag_lengths(offsets: list[torch.Tensor], indices: list[torch.Tensor]) -> torch.Tensor:
+    """The seed loop's per-table offsets -> bag sizes, table-major (a KJT's lengths)."""
+    ends = [
+        torch.cat([o[1:], torch.tensor([len(i)])]) for o, i in zip(offsets, indices, strict=True)
+    ]
+    return torch.cat([e - o for e, o in zip(ends, offsets, strict=True)])
+
+
+def first_batch_mismatches(cfg: Config) -> list[str]:
+    """Fields where batch 0 of ours (raw numpy and TorchRec) differs from the seed loop's."""
+    raw = fresh_data(cfg).raw(0)
+    batch = next(iter(fresh_data(cfg)))
+    x, offsets, indices, t = next(fresh_seed_loop(cfg))
+    kjt = batch.sparse_features
+
+    def all_equal(ours: list[np.ndarray], seed: list[torch.Tensor]) -> bool:
+        return len(ours) == len(seed) and all(
+            np.array_equal(a, b.numpy()) for a, b in zip(ours, seed, strict=True)
+        )
+
+    checks = {
+        "raw dense": np.array_equal(raw.dense, x.numpy()),
+        "raw offsets": all_equal(raw.offsets(), offsets),
+        "raw indices": all_equal(raw.indices(), indices),
+        "raw targets": np.array_equal(raw.targets, t.numpy()),
+        "batch dense": torch.equal(batch.dense_features, x),
+        "batch lengths": torch.equal(kjt.lengths(), bag_lengths(offsets, indices)),
+        "batch values": torch.equal(kjt.values(), torch.cat(indices)),
+        "batch labels": torch.equal(batch.labels, t.reshape(-1)),
+    }
+    return [name for name, ok in checks.items() if not ok]
+
+
+def bench_data(cfg: Config, repeats: int) -> DataResult:
+    def ours_batches() -> int:
+        return sum(int(b.labels.numel()) for b in fresh_data(cfg))
+
+    def ours_raw() -> int:
+        data = fresh_data(cfg)
+        return sum(data.raw(i).targets.shape[0] for i in range(len(data)))
+
+    def seed_loop() -> int:
+        return sum(int(t.shape[0]) for _, _, _, t in fresh_seed_loop(cfg))
+
+    batches, raw, seed = [], [], []
+    for _ in range(repeats):
+        batches.append(samples_per_s(ours_batches))
+        raw.append(samples_per_s(ours_raw))
+        seed.append(samples_per_s(seed_loop))
+    return DataResult(Stats(batches), Stats(raw), Stats(seed), first_batch_mismatches(cfg))
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_lines(threads: int) -> list[str]:
+    import torchrec
+
+    return [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {cpu_model()}; nproc {len(os.sched_getaffinity(0))} "
+        f"(os.cpu_count {os.cpu_count()})",
+        f"- torch {torch.__version__}, torchrec {torchrec.__version__}, numpy {np.__version__}, "
+        f"python {platform.python_version()}",
+        f"- torch threads: {threads} (torch.get_num_threads() = {torch.get_num_threads()})",
+    ]
+
+
+def identical(d: DataResult) -> str:
+    return "yes" if not d.mismatches else "NO, differ in " + ", ".join(d.mismatches)
+
+
+def ratio(a: Stats, b: Stats) -> str:
+    return f"{a.median / b.median:.2f}x"
+
+
+def report(
+    names: Sequence[str],
+    cfgs: dict[str, Config],
+    train: dict[str, TrainResult],
+    data: dict[str, DataResult],
+    batches: int,
+    repeats: int,
+    threads: int,
+) -> None:
+    print()
+    print(f"### CPU: dlrm_dist vs reference oracle ({batches} batches, {repeats} repeats)")
+    print()
+    print(*machine_lines(threads), sep="\n")
+    print()
+    print("End-to-end training, samples/s, median (min-max); data generation included.")
+    print()
+    print("| config | batch | tables | ours | oracle (seed loop) | ours / oracle |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n in names:
+        c, t = cfgs[n], train[n]
+        print(
+            f"| {n} | {c.data.mini_batch_size} | {len(c.model.embedding_sizes)} | "
+            f"{t.ours.cell()} | {t.oracle.cell()} | {ratio(t.ours, t.oracle)} |"
+        )
+    print()
+    print("Data generation alone, samples/s, median (min-max).")
+    print()
+    print(
+        "| config | ours, TorchRec batches | ours, raw numpy | seed loop | "
+        "batches / seed | raw / seed | batch 0 identical |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for n in names:
+        d = data[n]
+        print(
+            f"| {n} | {d.batches.cell()} | {d.raw.cell()} | {d.seed.cell()} | "
+            f"{ratio(d.batches, d.seed)} | {ratio(d.raw, d.seed)} | "
+            f"{identical(d)} |"
+        )
+    print()
+    print(
+        "Timings: ours = RunResult.seconds (first batch drawn to last step; excludes "
+        "process group, planning, sharding, initial weights, final gather); oracle = "
+        "the whole oracle_train call, model construction included:"
+    )
+    for n in names:
+        t = train[n]
+        share = 100.0 * t.oracle_build_s / t.oracle_call_s
+        print(
+            f"- {n}: oracle construction {1000 * t.oracle_build_s:.1f} ms of "
+            f"{1000 * t.oracle_call_s:.1f} ms per call ({share:.1f} %); "
+            f"max |loss ours - loss oracle| over the run {t.max_loss_diff:.2e}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="A,B,C", help="comma-separated, of A,B,C")
+    parser.add_argument("--batches", type=int, default=100, help="batches per run")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
+    parser.add_argument("--smoke", action="store_true", help="tiny run: 2 batches, 1 repeat")
+    args = parser.parse_args(argv)
+    names = [n.strip().upper() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
+    batches, repeats = (2, 1) if args.smoke else (args.batches, args.repeats)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)  # run() sets the same; the oracle shares it
+
+    cfgs = {n: config_for(n, batches, threads) for n in names}
+    train: dict[str, TrainResult] = {}
+    data: dict[str, DataResult] = {}
+    for n in names:
+        print(f"config {n}: warm-up ...", flush=True)
+        warm = config_for(n, 1, threads)
+        bench_training(warm, 1)
+        print(f"config {n}: training, {batches} batches x {repeats} ...", flush=True)
+        train[n] = bench_training(cfgs[n], repeats)
+        print(
+            f"  ours {train[n].ours.cell()}  oracle {train[n].oracle.cell()}  "
+            f"ratio {ratio(train[n].ours, train[n].oracle)}",
+            flush=True,
+        )
+        print(f"config {n}: data generation ...", flush=True)
+        data[n] = bench_data(cfgs[n], repeats)
+        d = data[n]
+        print(
+            f"  batch 0 identical to the seed loop's (dense, offsets/lengths, indices, "
+            f"targets; raw and TorchRec): {identical(d)}; batches/seed {ratio(d.batches, d.seed)}, "
+            f"raw/seed {ratio(d.raw, d.seed)}",
+            flush=True,
+        )
+    report(names, cfgs, train, data, batches, repeats, threads)
+    return 1 if any(d.mismatches for d in data.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
