@@ -214,9 +214,7 @@ def seed_style_batches(
 # -------------------------------------------------------------------------- model
 
 
-def interaction_indices(
-    num_features: int, itself: bool = False
-) -> tuple[list[int], list[int]]:
+def interaction_indices(num_features: int, itself: bool = False) -> tuple[list[int], list[int]]:
     """Row/column indices of the kept entries of the ``(F, F)`` Gram matrix.
 
     Strict lower triangle (or lower triangle with the diagonal if ``itself``),
@@ -263,9 +261,9 @@ def _make_mlp(
     for i in range(n_layers):
         n_in, n_out = int(widths[i]), int(widths[i + 1])
         linear = nn.Linear(n_in, n_out, bias=True)
-        weight = rs.normal(
-            0.0, math.sqrt(2 / (n_out + n_in)), size=(n_out, n_in)
-        ).astype(np.float32)
+        weight = rs.normal(0.0, math.sqrt(2 / (n_out + n_in)), size=(n_out, n_in)).astype(
+            np.float32
+        )
         bias = rs.normal(0.0, math.sqrt(1 / n_out), size=n_out).astype(np.float32)
         linear.weight.data = torch.tensor(weight)
         linear.bias.data = torch.tensor(bias)
@@ -308,9 +306,7 @@ class OracleDLRM(nn.Module):
     ) -> None:
         super().__init__()
         if interaction not in ("dot", "cat"):
-            raise ValueError(
-                f"unsupported interaction {interaction!r}; use 'dot' or 'cat'"
-            )
+            raise ValueError(f"unsupported interaction {interaction!r}; use 'dot' or 'cat'")
         self.interaction = interaction
         self.interaction_itself = interaction_itself
         self.loss_threshold = loss_threshold
@@ -320,9 +316,7 @@ class OracleDLRM(nn.Module):
             n = int(n)
             bag = nn.EmbeddingBag(n, m_spa, mode="sum", sparse=True)
             bound = math.sqrt(1 / n)
-            weight = rs.uniform(low=-bound, high=bound, size=(n, m_spa)).astype(
-                np.float32
-            )
+            weight = rs.uniform(low=-bound, high=bound, size=(n, m_spa)).astype(np.float32)
             bag.weight.data = torch.tensor(weight)
             tables.append(bag)
         self.emb_l = nn.ModuleList(tables)
@@ -464,12 +458,8 @@ def oracle_train(
     ln_emb = [int(v) for v in ln_emb]
     ln_bot = [int(v) for v in ln_bot]
     if m_spa != ln_bot[-1]:
-        raise ValueError(
-            f"m_spa={m_spa} must equal the last bottom MLP width {ln_bot[-1]}"
-        )
-    num_int = num_interaction_features(
-        len(ln_emb), ln_bot[-1], interaction, interaction_itself
-    )
+        raise ValueError(f"m_spa={m_spa} must equal the last bottom MLP width {ln_bot[-1]}")
+    num_int = num_interaction_features(len(ln_emb), ln_bot[-1], interaction, interaction_itself)
     ln_top = [num_int, *(int(v) for v in ln_top_user)]
 
     rs = np.random.RandomState(seed)

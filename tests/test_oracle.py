@@ -9,26 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-try:
-    from tests.oracle import (
-        OracleDLRM,
-        OracleLRPolicy,
-        interaction_indices,
-        num_interaction_features,
-        oracle_train,
-        seed_style_batch,
-        seed_style_batches,
-    )
-except ModuleNotFoundError:  # tests/ itself is on sys.path (no package)
-    from oracle import (  # type: ignore[no-redef]
-        OracleDLRM,
-        OracleLRPolicy,
-        interaction_indices,
-        num_interaction_features,
-        oracle_train,
-        seed_style_batch,
-        seed_style_batches,
-    )
+from tests.oracle import (
+    OracleDLRM,
+    OracleLRPolicy,
+    interaction_indices,
+    num_interaction_features,
+    oracle_train,
+    seed_style_batch,
+    seed_style_batches,
+)
 
 # ------------------------------------------------------------------------ (a) data
 
@@ -169,9 +158,7 @@ def test_interaction_index_order_by_hand() -> None:
     assert model.interact(x, [e0, e1]).tolist() == [[1.0, 2.0, 11.0, 17.0, 39.0]]
     model.interaction_itself = True
     # (0,0)=5, (1,0)=11, (1,1)=25, (2,0)=17, (2,1)=39, (2,2)=61
-    assert model.interact(x, [e0, e1]).tolist() == [
-        [1.0, 2.0, 5.0, 11.0, 25.0, 17.0, 39.0, 61.0]
-    ]
+    assert model.interact(x, [e0, e1]).tolist() == [[1.0, 2.0, 5.0, 11.0, 25.0, 17.0, 39.0, 61.0]]
     model.interaction = "cat"
     assert model.interact(x, [e0, e1]).tolist() == [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
 
@@ -179,9 +166,7 @@ def test_interaction_index_order_by_hand() -> None:
 # ------------------------------------------------------------------- (c) LR policy
 
 
-def _policy_lrs(
-    warmup: int, decay_start: int, num_decay: int, steps: int
-) -> list[float]:
+def _policy_lrs(warmup: int, decay_start: int, num_decay: int, steps: int) -> list[float]:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
     sched = OracleLRPolicy(opt, warmup, decay_start, num_decay)
     lrs = [opt.param_groups[0]["lr"]]  # _step_count == 1 after construction
@@ -223,23 +208,17 @@ def _hand_init(seed: int) -> list[np.ndarray]:
     rs = np.random.RandomState(seed)
     params = []
     for n in LN_EMB:
-        params.append(
-            rs.uniform(-math.sqrt(1 / n), math.sqrt(1 / n), (n, 2)).astype(np.float32)
-        )
+        params.append(rs.uniform(-math.sqrt(1 / n), math.sqrt(1 / n), (n, 2)).astype(np.float32))
     for widths in (LN_BOT, LN_TOP):
         for n_in, n_out in itertools.pairwise(widths):
             params.append(
-                rs.normal(0, math.sqrt(2 / (n_in + n_out)), (n_out, n_in)).astype(
-                    np.float32
-                )
+                rs.normal(0, math.sqrt(2 / (n_in + n_out)), (n_out, n_in)).astype(np.float32)
             )
             params.append(rs.normal(0, math.sqrt(1 / n_out), n_out).astype(np.float32))
     return [p.astype(np.float64) for p in params]
 
 
-def _hand_loss(
-    params: list[np.ndarray], batch, loss: str, weights: tuple[float, float]
-) -> float:
+def _hand_loss(params: list[np.ndarray], batch, loss: str, weights: tuple[float, float]) -> float:
     """Numpy float64 forward + loss with explicit loops."""
     emb0, emb1, wb, bb, w1, b1, w2, b2 = params
     X = batch[0].numpy().astype(np.float64)
@@ -337,8 +316,7 @@ def test_three_sgd_steps_by_hand(loss: str, round_targets: bool) -> None:
         params = [p - lrs[step] * g for p, g in zip(params, grads, strict=True)]
 
     moved = max(
-        float(np.abs(a - b).max())
-        for a, b in zip(out["params"], out["init_params"], strict=True)
+        float(np.abs(a - b).max()) for a, b in zip(out["params"], out["init_params"], strict=True)
     )
     assert moved > 1e-3
     for got, want in zip(out["params"], params, strict=True):

@@ -1,0 +1,143 @@
+"""Config tree and reference flags: parsing, precedence, booleans, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlrm_dist.cli import build_parser, parse_args
+from dlrm_dist.config import Config, ConfigError, parse_bool
+
+
+def test_defaults_are_the_reference_defaults():
+    cfg = parse_args([])
+    assert cfg.model.sparse_feature_size == 2
+    assert cfg.model.embedding_sizes == [4, 3, 2]
+    assert cfg.model.mlp_bot == [4, 3, 2] and cfg.model.mlp_top == [4, 2, 1]
+    assert cfg.model.interaction == "dot" and cfg.model.loss_function == "mse"
+    assert cfg.data.num_indices_per_lookup == 10 and cfg.data.mini_batch_size == 1
+    assert cfg.optim.learning_rate == 0.01 and cfg.train.numpy_rand_seed == 123
+    assert cfg.train.test_freq == -1 and cfg.train.print_precision == 5
+
+
+def test_reference_flags_map_onto_the_tree():
+    cfg = parse_args(
+        [
+            "--arch-mlp-bot=13-512-256-64-16",
+            "--arch-embedding-size",
+            "100-1000",
+            "--loss-weights=0.5-2.0",
+            "--rand-data-dist=gaussian",
+            "--rand-data-max=99",
+            "--learning-rate=0.1",
+            "--nepochs=3",
+            "--arch-interaction-op",
+            "cat",
+            "--arch-sparse-feature-size=16",
+        ]
+    )
+    assert cfg.model.mlp_bot == [13, 512, 256, 64, 16]
+    assert cfg.model.embedding_sizes == [100, 1000]
+    assert cfg.model.loss_weights == [0.5, 2.0]
+    assert cfg.data.rand_data_dist == "gaussian" and cfg.data.rand_data_max == 99.0
+    assert cfg.optim.learning_rate == 0.1 and cfg.train.nepochs == 3
+    assert cfg.model.interaction == "cat"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--round-targets=False"], False),  # the reference's type=bool turned this on
+        (["--round-targets", "false"], False),
+        (["--round-targets=0"], False),
+        (["--round-targets=True"], True),
+        (["--round-targets"], True),
+        (["--round-targets", "1"], True),
+        ([], False),
+    ],
+)
+def test_booleans_parse_properly(argv, expected):
+    assert parse_args(argv).data.round_targets is expected
+
+
+def test_parse_bool_rejects_garbage():
+    with pytest.raises(ConfigError, match="not a boolean"):
+        parse_bool("maybe")
+
+
+def test_file_then_flags_precedence(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text(
+        "[model]\nmlp_bot = [13, 64, 16]\nsparse_feature_size = 16\n"
+        "[data]\nmini_batch_size = 64\nround_targets = true\n[optim]\nlearning_rate = 0.5\n"
+    )
+    cfg = parse_args(["--config", str(path), "--learning-rate=0.2"])
+    assert cfg.model.mlp_bot == [13, 64, 16]  # file over default
+    assert cfg.data.mini_batch_size == 64 and cfg.data.round_targets is True
+    assert cfg.optim.learning_rate == 0.2  # flag over file
+    assert cfg.model.loss_function == "mse"  # default kept
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[model]\nmlp_botom = [1, 2]\n", "unknown setting \\[model\\] mlp_botom"),
+        ("[modle]\nx = 1\n", "unknown section \\[modle\\]"),
+        ('[data]\nmini_batch_size = "big"\n', "must be an integer"),
+        ("[data]\nround_targets = 3\n", "must be true or false"),
+        ("[model]\nembedding_sizes = 7\n", "must be a list"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_bad_files_are_clear_errors(tmp_path, toml, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        parse_args(["--config", str(path)])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_args(["--config", "/nonexistent/x.toml"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--qr-flag=True"], "--qr-flag is a reference flag that dlrm_dist does not support"),
+        (["--use-gpu"], "--use-gpu is a reference flag"),
+        (["--data-set", "kaggle"], "--data-set is a reference flag"),
+        (["--no-such-flag"], "unrecognized arguments"),
+        (["--mini-batch-size=abc"], "--mini-batch-size\\) must be an integer"),
+        (["--arch-mlp-bot=4-x-2"], "not a dash-separated list"),
+        (["--arch-interaction-op=sum"], "--arch-interaction-op=sum is not supported"),
+        (["--loss-function=hinge"], "--loss-function=hinge is not supported"),
+        (["--optimizer=adam"], "--optimizer=adam is not supported"),
+        (["--mini-batch-size=0"], "--mini-batch-size must be at least 1"),
+        (["--loss-weights=1.0"], "needs two weights"),
+        (["--lr-num-warmup-steps=10"], "warmup must finish before the decay starts"),
+        (["--rand-data-dist=gaussian", "--rand-data-max=5"], "must lie in \\[0, 1\\]"),
+        (["--sharding-type=row_wise"], "--sharding-type=row_wise is not supported"),
+        (["--loss-function=bce", "--arch-mlp-top=4-2"], "must end in 1"),
+    ],
+)
+def test_bad_flags_are_clear_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(argv)
+
+
+def test_no_abbreviations():
+    with pytest.raises(ConfigError):
+        parse_args(["--arch-mlp=4-3-2"])
+
+
+def test_help_lists_reference_flags_with_defaults():
+    text = build_parser().format_help()
+    for flag in ("--arch-mlp-bot", "--num-indices-per-lookup-fixed", "--lr-num-decay-steps"):
+        assert flag in text
+    assert "[4-3-2]" in text and "--qr-flag" not in text
+
+
+def test_default_config_object_is_independent():
+    a, b = Config(), Config()
+    a.model.mlp_bot.append(9)
+    assert b.model.mlp_bot == [4, 3, 2]

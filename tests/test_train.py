@@ -1,0 +1,255 @@
+"""The trainer end to end: per-iteration parity with the plain-PyTorch oracle, the
+reference's debug output, evaluation, and the CLI's exits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlrm_dist.cli import parse_args
+from dlrm_dist.model import derive_arch, parameter_order
+from dlrm_dist.train import main, run
+from tests.oracle import oracle_train
+
+ROOT = Path(__file__).resolve().parents[1]
+C_SMALL = [  # the seed's config C, scaled down: 15 tables, dim 16
+    "--arch-embedding-size=" + "-".join(["100"] * 12 + ["1000"] * 3),
+    "--arch-sparse-feature-size=16",
+    "--arch-mlp-bot=13-64-16",
+    "--mini-batch-size=32",
+    "--num-batches=50",
+]
+
+
+def _oracle(argv: list[str]) -> dict:
+    cfg = parse_args(argv)
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    return oracle_train(
+        seed=cfg.train.numpy_rand_seed,
+        m_spa=m.sparse_feature_size,
+        ln_emb=m.embedding_sizes,
+        ln_bot=m.mlp_bot,
+        ln_top_user=m.mlp_top,
+        interaction=m.interaction,
+        interaction_itself=m.interaction_itself,
+        loss_function=m.loss_function,
+        loss_weights=m.loss_weights,
+        loss_threshold=m.loss_threshold,
+        learning_rate=o.learning_rate,
+        nepochs=cfg.train.nepochs,
+        data_size=d.data_size,
+        num_batches=d.num_batches,
+        mini_batch_size=d.mini_batch_size,
+        num_indices_per_lookup=d.num_indices_per_lookup,
+        fixed=d.num_indices_per_lookup_fixed,
+        round_targets=d.round_targets,
+        warmup=o.lr_num_warmup_steps,
+        decay_start=o.lr_decay_start_step,
+        num_decay=o.lr_num_decay_steps,
+    )
+
+
+def _assert_parity(argv: list[str]) -> None:
+    argv = [*argv, "--print-freq=1000", "--progress-bar=false"]
+    ours = run(parse_args(argv))
+    want = _oracle(argv)
+    assert len(ours.losses) == len(want["losses"])
+    np.testing.assert_allclose(ours.losses, want["losses"], rtol=1e-5)
+    cfg = parse_args(argv)
+    names = parameter_order(derive_arch(cfg.model))
+    for name, value in zip(names, want["params"]):
+        np.testing.assert_allclose(ours.final_weights[name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--learning-rate=0.1"],  # config C scaled down, mse
+        ["--loss-function=bce", "--round-targets=true", "--learning-rate=0.2"],
+        ["--arch-interaction-op=cat", "--arch-mlp-top=32-1", "--learning-rate=0.1"],
+    ],
+    ids=["c-mse", "c-bce", "c-cat"],
+)
+def test_losses_match_the_oracle_over_50_iterations(extra):
+    _assert_parity(C_SMALL + extra)
+
+
+def test_parity_with_lr_schedule_itself_and_two_epochs():
+    _assert_parity(
+        [
+            "--arch-embedding-size=40-50-60",
+            "--arch-sparse-feature-size=8",
+            "--arch-mlp-bot=6-8",
+            "--arch-interaction-itself=true",
+            "--loss-function=wbce",
+            "--loss-weights=0.5-2.0",
+            "--round-targets",
+            "--mini-batch-size=16",
+            "--data-size=100",  # partial last batch of 4
+            "--nepochs=2",
+            "--num-indices-per-lookup=4",
+            "--num-indices-per-lookup-fixed=true",
+            "--learning-rate=0.5",
+            "--lr-num-warmup-steps=3",
+            "--lr-decay-start-step=5",
+            "--lr-num-decay-steps=6",
+        ]
+    )
+
+
+@pytest.mark.parametrize("sharding", ["column_wise", "table_column_wise", "data_parallel"])
+def test_every_cpu_sharding_type_trains_the_same(sharding):
+    base = [*C_SMALL[:-1], "--num-batches=10", "--print-freq=100", "--learning-rate=0.1"]
+    ref = run(parse_args([*base, "--sharding-type=table_wise"]))
+    got = run(parse_args([*base, f"--sharding-type={sharding}"]))
+    np.testing.assert_allclose(got.losses, ref.losses, rtol=1e-5)
+
+
+SEED_DEBUG_DATA = """data (inputs and targets):
+mini-batch: 0
+tensor([[4.1702e-01, 7.2032e-01, 1.1437e-04, 3.0233e-01],
+        [1.4676e-01, 9.2339e-02, 1.8626e-01, 3.4556e-01]])
+tensor([[2, 3],
+        [1, 1],
+        [2, 1]], dtype=torch.int32)
+[tensor([1, 2, 0, 1, 3]), tensor([1, 0]), tensor([0, 1, 1])]
+tensor([[0.8946],
+        [0.0850]])
+mini-batch: 1
+tensor([[0.0391, 0.1698, 0.8781, 0.0983],
+        [0.4211, 0.9579, 0.5332, 0.6919]])
+tensor([[1, 3],
+        [2, 1],
+        [1, 1]], dtype=torch.int32)
+[tensor([2, 0, 2, 3]), tensor([1, 2, 1]), tensor([0, 0])]
+tensor([[0.6788],
+        [0.2116]])
+mini-batch: 2
+tensor([[0.2655, 0.4916, 0.0534, 0.5741],
+        [0.1467, 0.5893, 0.6998, 0.1023]])
+tensor([[2, 1],
+        [2, 2],
+        [1, 1]], dtype=torch.int32)
+[tensor([1, 2, 2]), tensor([1, 2, 0, 2]), tensor([1, 0])]
+tensor([[0.9275],
+        [0.3478]])
+"""
+
+SEED_ARCH = """model arch:
+mlp top arch 3 layers, with input to output dimensions:
+[8 4 2 1]
+# of interactions
+8
+mlp bot arch 2 layers, with input to output dimensions:
+[4 3 2]
+# of features (sparse and dense)
+4
+dense feature size
+4
+sparse feature size
+2
+# of embeddings (= # of sparse features) 3, with dimensions 2x:
+[4 3 2]
+"""
+
+
+def test_debug_mode_prints_the_seed_document(capsys):
+    argv = ["--numpy-rand-seed=1", "--mini-batch-size=2", "--data-size=6", "--debug-mode"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(SEED_ARCH + SEED_DEBUG_DATA + "initial parameters (weights and bias):")
+    assert "updated parameters (weights and bias):" in out
+    assert out.count("Finished training it") == 3  # print-freq 1: per-iteration losses
+
+    # the reference draws the printed batches before the model: its initial weights
+    # come from the stream after those 3 batches, unlike a normal run
+    rs = np.random.RandomState(1)
+    from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
+    from dlrm_dist.init import reference_init
+
+    data = ReferenceRandomData(RandomDataSpec(4, (4, 3, 2)), rs, 1, 6, 0, 2)
+    for j in range(3):
+        data.raw(j)
+    arch = derive_arch(parse_args([]).model)
+    debug_init = reference_init(rs, arch)
+    normal_init = reference_init(np.random.RandomState(1), arch)
+    first = next(iter(debug_init))
+    with np.printoptions(precision=5):
+        assert str(debug_init[first]) in out
+        assert str(normal_init[first]) not in out
+
+
+def test_evaluation_of_an_untrained_model_equals_the_training_loss():
+    argv = [
+        *C_SMALL[:-2],
+        "--mini-batch-size=32",
+        "--data-size=200",  # 7 batches, the last of 8
+        "--learning-rate=0",
+        "--loss-function=bce",
+        "--round-targets",
+        "--test-freq=7",
+        "--print-freq=100",
+    ]
+    result = run(parse_args(argv))
+    sizes = [32] * 6 + [8]
+    train_mean = np.dot(result.losses, sizes) / sum(sizes)
+    (ev,) = result.evals
+    assert ev["loss"] == pytest.approx(train_mean, rel=1e-6)
+    assert 0.0 <= ev["accuracy"] <= 1.0 and 0.0 < ev["auc"] < 1.0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dlrm_dist.train", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_cli_end_to_end_run(tmp_path):
+    config = tmp_path / "job.toml"
+    config.write_text(
+        (ROOT / "configs/default.toml")
+        .read_text()
+        .replace("data_size = 384000", "data_size = 2560")
+    )
+    proc = _cli("--config", str(config), "--print-freq=10", "--test-freq=20")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "Finished training it 10/20 of epoch 0," in proc.stdout
+    assert any(line.startswith(" loss ") and ", auc " in line for line in lines)
+    assert lines[-1].startswith("Done: 2560 samples in ")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--arch-dense-feature-size=5"],
+            "ERROR: arch-dense-feature-size 5 does not match first dim of bottom mlp 4",
+        ),
+        (
+            ["--arch-mlp-bot=4-3-5"],
+            "ERROR: arch-sparse-feature-size 2 does not match last dim of bottom mlp 5",
+        ),
+        (["--md-flag=True"], "ERROR: --md-flag is a reference flag that dlrm_dist does not"),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(args, line):
+    proc = _cli(*args)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith(line)
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_shipped_configs_parse(name):
+    cfg = parse_args(["--config", str(ROOT / "configs" / name)])
+    derive_arch(cfg.model, cfg.data.dense_features)
