@@ -15,7 +15,6 @@ if [ -f "$stamp" ] && .venv/bin/python -c "import dlrm_dist, torchrec, fbgemm_gp
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
-"${pip[@]}" --upgrade pip >/dev/null
 other=$([ "$variant" = cpu ] && echo fbgemm-gpu || echo fbgemm-gpu-cpu)
 .venv/bin/python -m pip uninstall -y -q "$other" 2>/dev/null || true
 "${pip[@]}" -e ".[$variant,test]"
