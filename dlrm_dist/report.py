@@ -1,6 +1,6 @@
 """What rank 0 prints: the reference's lines (same text shape), throughput, a progress bar.
 
-Only rank 0 prints. The progress bar shows only when stdout is a terminal, so logs
+Only rank 0 prints. The progress bar (on stderr) shows only when that is a terminal, so logs
 and pipes get plain lines.
 """
 
@@ -97,7 +97,7 @@ class Reporter:
             f"embeddings {cfg.sharding.sharding_type}",
             "time/loss/accuracy (if enabled):",
         )
-        show = cfg.train.progress_bar and sys.stdout.isatty() and self.rank == 0
+        show = cfg.train.progress_bar and sys.stderr.isatty() and self.rank == 0
         if show:
             self.bar = tqdm(total=total_iters, unit="it", dynamic_ncols=True, leave=False)
         self.begin = time.perf_counter()

@@ -253,3 +253,32 @@ def test_cli_errors_are_one_line_without_traceback(args, line):
 def test_shipped_configs_parse(name):
     cfg = parse_args(["--config", str(ROOT / "configs" / name)])
     derive_arch(cfg.model, cfg.data.dense_features)
+
+
+def test_progress_bar_only_on_a_terminal():
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    args = [sys.executable, "-m", "dlrm_dist.train", "--num-batches=5", "--mini-batch-size=4"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real width
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, timeout=300)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"5/5" in shown  # tqdm's counter, on the terminal
+    assert b"5/5 [" not in proc.stdout and b"it/s" not in proc.stdout  # not in the log
+    piped = _cli("--num-batches=5", "--mini-batch-size=4")
+    assert "it/s" not in piped.stderr and "it/s" not in piped.stdout
