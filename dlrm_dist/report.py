@@ -27,6 +27,7 @@ class Reporter:
         self.window_rates: list[float] = []
         self.samples = 0
         self.wait = 0.0
+        self.eval_seconds = 0.0
         self.begin = time.perf_counter()
 
     def _reset_window(self) -> None:
@@ -137,7 +138,8 @@ class Reporter:
         self._reset_window()
 
     def finish(self) -> tuple[int, float]:
-        seconds = time.perf_counter() - self.begin
+        """Print the summary; returns samples and training seconds (evaluation excluded)."""
+        seconds = time.perf_counter() - self.begin - self.eval_seconds
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -148,5 +150,6 @@ class Reporter:
             f"(per log window: median {statistics.median(rates):.0f}, "
             f"min {min(rates):.0f}, max {max(rates):.0f}); "
             f"data wait {100.0 * self.wait / max(seconds, 1e-9):.1f} %"
+            + (f"; evaluation took {self.eval_seconds:.2f} s more" if self.eval_seconds else "")
         )
         return self.samples, seconds

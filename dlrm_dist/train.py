@@ -144,10 +144,12 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
             if (j + 1) % cfg.train.print_freq == 0 or last or test:
                 out.log_train(j + 1, nbatches, epoch)
             if test:
+                eval_start = time.perf_counter()
                 metrics = evaluate(model, test_data, loss_fn, env.device, nbatches)
                 best_acc = max(best_acc, metrics["accuracy"])
                 result.evals.append(metrics)
                 out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
+                out.eval_seconds += time.perf_counter() - eval_start
                 fetch_start = time.perf_counter()
     result.samples, result.seconds = out.finish()
     result.final_weights = distributed.gather_full_weights(model, names)
