@@ -50,7 +50,13 @@ from dlrm_dist.config import Config  # noqa: E402
 from dlrm_dist.data.reference_random import ReferenceRandomData  # noqa: E402
 from dlrm_dist.model import Arch, derive_arch  # noqa: E402
 from dlrm_dist.train import make_data, run  # noqa: E402
-from tests.oracle import OracleDLRM, oracle_train, seed_style_batches  # noqa: E402
+from tests.oracle import (  # noqa: E402
+    OracleDLRM,
+    oracle_kwargs,
+    oracle_train,
+    seed_data_kwargs,
+    seed_style_batches,
+)
 
 # The seed's CPU configs, as reference flags (top MLP 4-2-1, mse, lr 0.01, seed 123:
 # the reference defaults, spelled out so both sides read them from one Config).
@@ -127,47 +133,6 @@ def config_for(name: str, batches: int, threads: int) -> Config:
     )
 
 
-def oracle_kwargs(cfg: Config, arch: Arch) -> dict[str, Any]:
-    """oracle_train's arguments for the same run as cfg."""
-    m = cfg.model
-    return dict(
-        seed=cfg.train.numpy_rand_seed,
-        m_spa=arch.m_spa,
-        ln_emb=arch.ln_emb,
-        ln_bot=arch.ln_bot,
-        ln_top_user=m.mlp_top,
-        interaction=m.interaction,
-        interaction_itself=m.interaction_itself,
-        loss_function=m.loss_function,
-        loss_weights=m.loss_weights,
-        loss_threshold=m.loss_threshold,
-        learning_rate=cfg.optim.learning_rate,
-        nepochs=cfg.train.nepochs,
-        warmup=cfg.optim.lr_num_warmup_steps,
-        decay_start=cfg.optim.lr_decay_start_step,
-        num_decay=cfg.optim.lr_num_decay_steps,
-        **seed_data_kwargs(cfg),
-    )
-
-
-def seed_data_kwargs(cfg: Config) -> dict[str, Any]:
-    """The data arguments shared by oracle_train and seed_style_batches."""
-    d = cfg.data
-    return dict(
-        data_size=d.data_size,
-        num_batches=d.num_batches,
-        mini_batch_size=d.mini_batch_size,
-        num_indices_per_lookup=d.num_indices_per_lookup,
-        fixed=d.num_indices_per_lookup_fixed,
-        dist=d.rand_data_dist,
-        rmin=d.rand_data_min,
-        rmax=d.rand_data_max,
-        mu=d.rand_data_mu,
-        sigma=d.rand_data_sigma,
-        round_targets=d.round_targets,
-    )
-
-
 def run_ours(cfg: Config) -> tuple[float, list[float]]:
     """samples/s of our trainer, and its losses. Its log lines and torchrec's
     setup warnings are swallowed; errors still surface."""
@@ -208,7 +173,7 @@ def time_oracle_build(kwargs: dict[str, Any], arch: Arch) -> float:
 
 def bench_training(cfg: Config, repeats: int) -> TrainResult:
     arch = derive_arch(cfg.model, cfg.data.dense_features)
-    kwargs = oracle_kwargs(cfg, arch)
+    kwargs = oracle_kwargs(cfg)
     samples = cfg.data.num_batches * cfg.data.mini_batch_size
     ours, oracle, builds, calls = [], [], [], []
     loss_diff = float("nan")

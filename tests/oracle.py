@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -527,3 +528,45 @@ def oracle_train(
         "params": [p.detach().numpy().copy() for p in model.parameters()],
         "init_params": init_params,
     }
+
+
+def seed_data_kwargs(cfg: Any) -> dict[str, Any]:
+    """The data arguments of oracle_train / seed_style_batches for a dlrm_dist Config."""
+    d = cfg.data
+    return dict(
+        data_size=d.data_size,
+        num_batches=d.num_batches,
+        mini_batch_size=d.mini_batch_size,
+        num_indices_per_lookup=d.num_indices_per_lookup,
+        fixed=d.num_indices_per_lookup_fixed,
+        dist=d.rand_data_dist,
+        rmin=d.rand_data_min,
+        rmax=d.rand_data_max,
+        mu=d.rand_data_mu,
+        sigma=d.rand_data_sigma,
+        round_targets=d.round_targets,
+    )
+
+
+def oracle_kwargs(cfg: Any) -> dict[str, Any]:
+    """oracle_train's arguments for the run a dlrm_dist Config describes (read as plain
+    attributes: the oracle uses none of dlrm_dist's code)."""
+    m, o = cfg.model, cfg.optim
+    return dict(
+        seed=cfg.train.numpy_rand_seed,
+        m_spa=m.sparse_feature_size,
+        ln_emb=m.embedding_sizes,
+        ln_bot=m.mlp_bot,
+        ln_top_user=m.mlp_top,
+        interaction=m.interaction,
+        interaction_itself=m.interaction_itself,
+        loss_function=m.loss_function,
+        loss_weights=m.loss_weights,
+        loss_threshold=m.loss_threshold,
+        learning_rate=o.learning_rate,
+        nepochs=cfg.train.nepochs,
+        warmup=o.lr_num_warmup_steps,
+        decay_start=o.lr_decay_start_step,
+        num_decay=o.lr_num_decay_steps,
+        **seed_data_kwargs(cfg),
+    )

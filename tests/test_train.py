@@ -13,7 +13,7 @@ import pytest
 from dlrm_dist.cli import parse_args
 from dlrm_dist.model import derive_arch, parameter_order
 from dlrm_dist.train import main, run
-from tests.oracle import oracle_train
+from tests.oracle import oracle_kwargs, oracle_train
 
 ROOT = Path(__file__).resolve().parents[1]
 C_SMALL = [  # the seed's config C, scaled down: 15 tables, dim 16
@@ -26,31 +26,7 @@ C_SMALL = [  # the seed's config C, scaled down: 15 tables, dim 16
 
 
 def _oracle(argv: list[str]) -> dict:
-    cfg = parse_args(argv)
-    m, d, o = cfg.model, cfg.data, cfg.optim
-    return oracle_train(
-        seed=cfg.train.numpy_rand_seed,
-        m_spa=m.sparse_feature_size,
-        ln_emb=m.embedding_sizes,
-        ln_bot=m.mlp_bot,
-        ln_top_user=m.mlp_top,
-        interaction=m.interaction,
-        interaction_itself=m.interaction_itself,
-        loss_function=m.loss_function,
-        loss_weights=m.loss_weights,
-        loss_threshold=m.loss_threshold,
-        learning_rate=o.learning_rate,
-        nepochs=cfg.train.nepochs,
-        data_size=d.data_size,
-        num_batches=d.num_batches,
-        mini_batch_size=d.mini_batch_size,
-        num_indices_per_lookup=d.num_indices_per_lookup,
-        fixed=d.num_indices_per_lookup_fixed,
-        round_targets=d.round_targets,
-        warmup=o.lr_num_warmup_steps,
-        decay_start=o.lr_decay_start_step,
-        num_decay=o.lr_num_decay_steps,
-    )
+    return oracle_train(**oracle_kwargs(parse_args(argv)))
 
 
 def _assert_parity(argv: list[str]) -> None:
