@@ -284,9 +284,5 @@ def flag_name(section: str, key: str) -> str:
     return FLAG_FOR.get((section, key), key.replace("_", "-"))
 
 
-def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    return dataclasses.asdict(cfg)
-
-
 def field_docs(section: str) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(SECTIONS[section])}

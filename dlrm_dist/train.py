@@ -69,7 +69,7 @@ def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.Rando
     dmp = distributed.shard(model, plan, env, cfg.optim)
     distributed.load_full_weights(dmp, weights)
     optimizer = distributed.build_optimizer(dmp, cfg.optim)
-    return dmp, optimizer, weights
+    return dmp, optimizer
 
 
 @torch.no_grad()
@@ -108,7 +108,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
     if cfg.train.debug_mode:
         out.arch(arch)
         out.data(train_data)  # draws the batches before the model, as the reference
-    model, optimizer, _ = build(cfg, env, arch, rs)
+    model, optimizer = build(cfg, env, arch, rs)
     names = parameter_order(arch)
     if cfg.train.debug_mode:
         out.parameters("initial", distributed.gather_full_weights(model, names), names)
