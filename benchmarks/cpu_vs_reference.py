@@ -87,6 +87,8 @@ CONFIGS: dict[str, list[str]] = {
     ],
 }
 
+TARGETS = {"A": 20, "B": 20, "C": 10}  # the foundation issue's ratios, ours / oracle
+
 
 @dataclass
 class Stats:
@@ -110,6 +112,10 @@ class TrainResult:
     oracle_build_s: float  # median oracle model construction, seconds
     oracle_call_s: float  # median whole oracle_train call, seconds
     max_loss_diff: float  # ours vs oracle loss curves, first repeat
+    ours_data_ms: float  # median per batch: waiting for data (generation)
+    ours_step_ms: float  # median per batch: the rest of the loop (step, logging)
+    oracle_step_ms: float  # median per batch: the oracle's training step alone
+    dense_only_ms: float  # median plain-PyTorch step without embeddings or data
 
 
 @dataclass
@@ -133,9 +139,9 @@ def config_for(name: str, batches: int, threads: int) -> Config:
     )
 
 
-def run_ours(cfg: Config) -> tuple[float, list[float]]:
-    """samples/s of our trainer, and its losses. Its log lines and torchrec's
-    setup warnings are swallowed; errors still surface."""
+def run_ours(cfg: Config) -> tuple[float, list[float], float]:
+    """samples/s of our trainer, its losses and its seconds waiting for data. Its log
+    lines and torchrec's setup warnings are swallowed; errors still surface."""
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
@@ -143,15 +149,53 @@ def run_ours(cfg: Config) -> tuple[float, list[float]]:
             result = run(cfg)
         finally:
             logging.disable(logging.NOTSET)
-    return result.samples / result.seconds, result.losses
+    return result.samples / result.seconds, result.losses, result.data_seconds
 
 
-def run_oracle(kwargs: dict[str, Any], samples: int) -> tuple[float, float, list[float]]:
-    """samples/s of the whole oracle_train call, its seconds, and its losses."""
+def run_oracle(kwargs: dict[str, Any], samples: int) -> tuple[float, float, list[float], float]:
+    """samples/s of the whole oracle_train call, its seconds, its losses and the
+    seconds of its training steps alone."""
     start = time.perf_counter()
     out = oracle_train(**kwargs)
     seconds = time.perf_counter() - start
-    return samples / seconds, seconds, out["losses"]
+    return samples / seconds, seconds, out["losses"], out["step_seconds"]
+
+
+def dense_only_step_ms(cfg: Config, steps: int) -> float:
+    """Median ms of a plain-PyTorch training step of the config's MLPs and interaction
+    alone: embeddings replaced by a constant input, no data generation. No trainer of
+    this model can step faster than this on the same machine."""
+    arch = derive_arch(cfg.model, cfg.data.dense_features)
+    n, f = cfg.data.mini_batch_size, len(arch.ln_emb)
+
+    def mlp(widths: tuple[int, ...]) -> torch.nn.Sequential:
+        layers: list[torch.nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers[:-1], torch.nn.Sigmoid())
+
+    bot, top = mlp(arch.ln_bot), mlp(arch.ln_top)
+    opt = torch.optim.SGD([*bot.parameters(), *top.parameters()], lr=0.01)
+    x, emb, y = torch.rand(n, arch.m_den), torch.rand(n, f, arch.m_spa), torch.rand(n)
+    li, lj = torch.tril_indices(f + 1, f + 1, -1)
+
+    def step() -> None:
+        opt.zero_grad()
+        d = bot(x)
+        t = torch.cat([d.unsqueeze(1), emb], dim=1)
+        z = torch.bmm(t, t.transpose(1, 2))[:, li, lj]
+        loss = torch.nn.functional.mse_loss(top(torch.cat([d, z], dim=1)).squeeze(1), y)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    times = []
+    for i in range(steps + 10):
+        start = time.perf_counter()
+        step()
+        if i >= 10:  # warm-up
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
 
 
 def time_oracle_build(kwargs: dict[str, Any], arch: Arch) -> float:
@@ -175,14 +219,18 @@ def bench_training(cfg: Config, repeats: int) -> TrainResult:
     arch = derive_arch(cfg.model, cfg.data.dense_features)
     kwargs = oracle_kwargs(cfg)
     samples = cfg.data.num_batches * cfg.data.mini_batch_size
-    ours, oracle, builds, calls = [], [], [], []
+    nb = cfg.data.num_batches
+    ours, oracle, builds, calls, data_ms, step_ms, oracle_ms = [], [], [], [], [], [], []
     loss_diff = float("nan")
     for r in range(repeats):
-        rate, our_losses = run_ours(cfg)
+        rate, our_losses, data_s = run_ours(cfg)
         ours.append(rate)
-        rate, seconds, oracle_losses = run_oracle(kwargs, samples)
+        data_ms.append(1000.0 * data_s / nb)
+        step_ms.append(1000.0 * (samples / rate - data_s) / nb)
+        rate, seconds, oracle_losses, oracle_step_s = run_oracle(kwargs, samples)
         oracle.append(rate)
         calls.append(seconds)
+        oracle_ms.append(1000.0 * oracle_step_s / nb)
         builds.append(time_oracle_build(kwargs, arch))
         if r == 0:
             loss_diff = float(np.max(np.abs(np.subtract(our_losses, oracle_losses))))
@@ -192,6 +240,10 @@ def bench_training(cfg: Config, repeats: int) -> TrainResult:
         statistics.median(builds),
         statistics.median(calls),
         loss_diff,
+        statistics.median(data_ms),
+        statistics.median(step_ms),
+        statistics.median(oracle_ms),
+        dense_only_step_ms(cfg, max(nb, 20)),
     )
 
 
@@ -318,6 +370,26 @@ def report(
         print(
             f"| {n} | {c.data.mini_batch_size} | {len(c.model.embedding_sizes)} | "
             f"{t.ours.cell()} | {t.oracle.cell()} | {ratio(t.ours, t.oracle)} |"
+        )
+    print()
+    print(
+        "Where the time goes, ms per batch (medians). Budget = the oracle's ms per batch / "
+        "the target ratio: what ours must take, data included, to meet it. Dense-only = a "
+        "plain-PyTorch step of the MLPs and interaction with no embeddings and no data."
+    )
+    print()
+    print(
+        "| config | ours: data | ours: step | oracle: data | oracle: step | target | budget "
+        "| dense-only step |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n in names:
+        c, t = cfgs[n], train[n]
+        oracle_ms = 1000.0 * c.data.mini_batch_size / t.oracle.median
+        print(
+            f"| {n} | {t.ours_data_ms:.2f} | {t.ours_step_ms:.2f} | "
+            f"{oracle_ms - t.oracle_step_ms:.2f} | {t.oracle_step_ms:.2f} | {TARGETS[n]}x | "
+            f"{oracle_ms / TARGETS[n]:.2f} | {t.dense_only_ms:.2f} |"
         )
     print()
     print("Data generation alone, samples/s, median (min-max).")

@@ -31,7 +31,8 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
     samples: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # training, evaluation excluded
+    data_seconds: float = 0.0  # of which waiting for batches (data generation)
     final_weights: dict[str, np.ndarray] | None = None
 
 
@@ -152,6 +153,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
                 out.eval_seconds += time.perf_counter() - eval_start
                 fetch_start = time.perf_counter()
     result.samples, result.seconds = out.finish()
+    result.data_seconds = out.wait
     result.final_weights = distributed.gather_full_weights(model, names)
     if cfg.train.debug_mode:
         out.parameters("updated", result.final_weights, names)

@@ -34,6 +34,7 @@ Reference quirks that are reproduced on purpose (see the function docstrings):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -454,7 +455,8 @@ def oracle_train(
         ``{"losses": [float per iteration, all epochs in order],
         "lrs": [learning rate used by each iteration],
         "params": [np.ndarray final parameters in parameters() order],
-        "init_params": [np.ndarray initial parameters]}``.
+        "init_params": [np.ndarray initial parameters],
+        "step_seconds": time spent in the training steps, data generation excluded}``.
     """
     ln_emb = [int(v) for v in ln_emb]
     ln_bot = [int(v) for v in ln_bot]
@@ -490,6 +492,7 @@ def oracle_train(
 
     losses: list[float] = []
     lrs: list[float] = []
+    step_seconds = 0.0
     for _ in range(nepochs):
         batches = seed_style_batches(
             rs,
@@ -509,6 +512,7 @@ def oracle_train(
             round_targets=round_targets,
         )
         for X, offsets, indices, T in batches:
+            start = time.perf_counter()
             lrs.append(float(optimizer.param_groups[0]["lr"]))
             optimizer.zero_grad()
             Z = model(X, offsets, indices)
@@ -521,12 +525,14 @@ def oracle_train(
             optimizer.step()
             scheduler.step()
             losses.append(E.item())
+            step_seconds += time.perf_counter() - start
 
     return {
         "losses": losses,
         "lrs": lrs,
         "params": [p.detach().numpy().copy() for p in model.parameters()],
         "init_params": init_params,
+        "step_seconds": step_seconds,
     }
 
 

@@ -6,7 +6,7 @@ indices (`random(k)` or `normal(mu, sigma, k)`), deduplicated per bag with `np.u
 then targets `rand(n, 1)`. It reseeds the stream at batch 0 of every pass.
 
 For `uniform`, every draw is one double of the stream, so we draw a worst-case block at
-once, find where each bag's size draw sits by pointer doubling over the block
+once, find where each bag's size draw sits by path doubling over the block
 (`next = here + 1 + bag size`), gather all bags of all tables as padded rows and dedup
 them with one row-wise sort. The stream is then advanced by exactly what the
 reference consumed. `gaussian` goes through numpy's stateful normal sampler (its cached
@@ -143,18 +143,21 @@ def _bag_sizes(r: np.ndarray, cap: int) -> np.ndarray:
 def _bag_starts(block: np.ndarray, cap: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions in block of the n bag-size draws, and the n bag sizes.
 
-    If a size draw sat at p, the next one sits at p + 1 + size(block[p]); the chain from
-    0 is followed for all n bags at once by pointer doubling (log2(n) gathers).
+    If a size draw sat at p, the next one sits at jump[p] = p + 1 + size(block[p]). The
+    chain from 0 is built by path doubling: with the first m positions known and J the
+    m-step jump, the next m are J[first m]; then J becomes J[J]. log2(n) gathers.
     """
     length = block.size
     sizes = _bag_sizes(block, cap)
-    jump = np.append(np.minimum(np.arange(length) + 1 + sizes, length), length)
-    pos = np.zeros(n, dtype=np.int64)
-    step = np.arange(n)
-    for bit in range(max(1, math.ceil(math.log2(max(n, 1))))):
-        take = ((step >> bit) & 1).astype(bool)
-        pos[take] = jump[pos[take]]
-        jump = jump[jump]
+    jump = np.empty(length + 1, dtype=np.int64)
+    np.minimum(np.arange(1, length + 1) + sizes, length, out=jump[:length])
+    jump[length] = length
+    pos = np.zeros(1, dtype=np.int64)
+    while pos.size < n:
+        pos = np.concatenate((pos, jump[pos]))
+        if pos.size < n:
+            jump = jump[jump]
+    pos = pos[:n]
     return pos, sizes[pos]
 
 

@@ -1,0 +1,28 @@
+"""The CPU benchmark script runs end to end at a tiny size and its two sides agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_benchmark_smoke_reports_identical_data_and_the_time_breakdown():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/cpu_vs_reference.py", "--smoke", "--configs", "B"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "| B | 100 | 3 |" in out
+    rows = [line for line in out.splitlines() if line.startswith("| B |")]
+    assert len(rows) == 3  # training, time breakdown, data generation
+    breakdown = rows[1].strip("|").split("|")
+    assert len(breakdown) == 8 and breakdown[5].strip() == "20x"
+    assert all(float(cell) > 0 for i, cell in enumerate(breakdown) if i not in (0, 5))
+    assert "batch 0 identical" in out and "| yes |" in out
