@@ -43,12 +43,17 @@ FLAGS: dict[str, tuple[str, str]] = {
     "rand-data-mu": ("data", "rand_data_mu"),
     "rand-data-sigma": ("data", "rand_data_sigma"),
     "round-targets": ("data", "round_targets"),
+    "zipf-exponent": ("data", "zipf_exponent"),
+    "multi-hot-sizes": ("data", "multi_hot_sizes"),
     "optimizer": ("optim", "optimizer"),
     "learning-rate": ("optim", "learning_rate"),
     "lr-num-warmup-steps": ("optim", "lr_num_warmup_steps"),
     "lr-decay-start-step": ("optim", "lr_decay_start_step"),
     "lr-num-decay-steps": ("optim", "lr_num_decay_steps"),
     "sharding-type": ("sharding", "sharding_type"),
+    "compute-kernel": ("sharding", "compute_kernel"),
+    "hbm-gb": ("sharding", "hbm_gb"),
+    "ddr-gb": ("sharding", "ddr_gb"),
     "nepochs": ("train", "nepochs"),
     "numpy-rand-seed": ("train", "numpy_rand_seed"),
     "print-freq": ("train", "print_freq"),
@@ -59,6 +64,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "debug-mode": ("train", "debug_mode"),
     "threads": ("train", "threads"),
     "progress-bar": ("train", "progress_bar"),
+    "use-gpu": ("train", "use_gpu"),
+    "dist-backend": ("train", "dist_backend"),
 }
 FLAG_FOR = {target: flag for flag, target in FLAGS.items()}
 
@@ -69,7 +76,7 @@ UNSUPPORTED = (
     "num-workers memory-map dataset-multiprocessing test-num-workers sync-dense-params "
     "md-flag md-threshold md-temperature md-round-dims qr-flag qr-threshold "
     "qr-operation qr-collisions weighted-pooling inference-only quantize-mlp-with-bit "
-    "quantize-emb-with-bit save-onnx use-gpu use-ipex local_rank dist-backend "
+    "quantize-emb-with-bit save-onnx use-ipex local_rank "
     "enable-profiling plot-compute-graph tensor-board-filename save-model load-model "
     "mlperf-logging mlperf-acc-threshold mlperf-auc-threshold mlperf-bin-loader "
     "mlperf-bin-shuffle mlperf-grad-accum-iter lr-scheduler"
@@ -101,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     for flag, (section, key) in FLAGS.items():
         default = getattr(getattr(defaults, section), key)
+        if isinstance(default, dict):
+            continue  # TOML only
         doc = field_docs(section)[key]
         shown = "-".join(map(str, default)) if isinstance(default, list) else default
         kwargs: dict[str, Any] = {"dest": f"{section}.{key}", "help": f"{doc} [{shown}]"}

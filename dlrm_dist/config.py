@@ -20,8 +20,8 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, doc: str) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
 
 
@@ -42,7 +42,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    generation: str = _f("random", "data source: random (the reference's exact generator)")
+    generation: str = _f(
+        "random",
+        "data source: random (the reference's exact generator, drawn whole on every rank "
+        "and sliced) | random-fast (vectorized, each rank draws only its slice)",
+    )
     data_size: int = _f(1, "samples per epoch (ignored when num_batches > 0)")
     num_batches: int = _f(0, "batches per epoch; 0 = ceil(data_size / mini_batch_size)")
     mini_batch_size: int = _f(1, "global batch size, samples")
@@ -50,17 +54,27 @@ class DataConfig:
     dense_features: int = _f(0, "dense features per sample; 0 = first bottom-MLP width")
     num_indices_per_lookup: int = _f(10, "max (or fixed) indices per bag")
     num_indices_per_lookup_fixed: bool = _f(False, "every bag has exactly that many indices")
-    rand_data_dist: str = _f("uniform", "index distribution: uniform | gaussian")
+    rand_data_dist: str = _f(
+        "uniform", "index distribution: uniform | gaussian | zipf (zipf: random-fast only)"
+    )
     rand_data_min: float = _f(0.0, "gaussian: lowest index (clip)")
     rand_data_max: float = _f(1.0, "gaussian: highest index (clip)")
     rand_data_mu: float = _f(-1.0, "gaussian: mean; -1 = (min + max) / 2")
     rand_data_sigma: float = _f(1.0, "gaussian: standard deviation")
     round_targets: bool = _f(False, "round targets to 0/1")
+    zipf_exponent: float = _f(1.05, "zipf: exponent s, P(row of popularity rank k) ~ 1/k^s")
+    multi_hot_sizes: list[int] = _f(
+        [], "random-fast: fixed bag size per table (MLPerf style); empty = bag-size flags"
+    )
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = _f("sgd", "optimizer for embeddings and MLPs: sgd")
+    optimizer: str = _f(
+        "sgd",
+        "sgd | adagrad | rwsadagrad (row-wise on embeddings, elementwise on MLPs) | adam; "
+        "fused into backward for the embeddings",
+    )
     learning_rate: float = _f(0.01, "base learning rate")
     lr_num_warmup_steps: int = _f(0, "linear warmup steps")
     lr_decay_start_step: int = _f(0, "step at which the power-2 decay starts")
@@ -70,8 +84,19 @@ class OptimConfig:
 @dataclass
 class ShardingConfig:
     sharding_type: str = _f(
-        "table_wise",
-        "embedding sharding: table_wise | column_wise | table_column_wise | data_parallel",
+        "auto",
+        "embedding sharding: auto (the planner picks) | table_wise | row_wise | column_wise "
+        "| table_row_wise | table_column_wise | data_parallel",
+    )
+    compute_kernel: str = _f(
+        "auto", "embedding kernel: auto | fused | dense | fused_uvm | fused_uvm_caching"
+    )
+    hbm_gb: float = _f(0.0, "device memory per rank for the planner, GB; 0 = the device's")
+    ddr_gb: float = _f(0.0, "host memory per rank for the planner, GB; 0 = the host's share")
+    tables: dict[str, dict[str, str]] = _f(
+        {},
+        "per-table overrides, TOML only: [sharding.tables.t_cat_0] sharding_type = ..., "
+        "compute_kernel = ...",
     )
 
 
@@ -87,6 +112,8 @@ class TrainConfig:
     debug_mode: bool = _f(False, "print arch, data and parameters like the reference")
     threads: int = _f(0, "torch threads per rank; 0 = cores / local ranks")
     progress_bar: bool = _f(True, "show a progress bar when stdout is a terminal")
+    use_gpu: bool = _f(False, "train on CUDA (each rank on its LOCAL_RANK device)")
+    dist_backend: str = _f("", "process-group backend; empty = nccl on CUDA, gloo on CPU")
 
 
 @dataclass
@@ -124,9 +151,12 @@ def parse_bool(text: str | bool) -> bool:
 
 
 def parse_dashed(text: str, item: type) -> list:
-    """'13-512-256' -> [13, 512, 256], the reference's list syntax."""
+    """'13-512-256' -> [13, 512, 256], the reference's list syntax; '3,2,1' works too."""
+    text = str(text).strip()
+    if not text:
+        return []
     try:
-        return [item(part) for part in str(text).split("-")]
+        return [item(part) for part in text.split("," if "," in text else "-")]
     except ValueError:
         kind = "integers" if item is int else "numbers"
         raise ConfigError(f"{text!r} is not a dash-separated list of {kind}") from None
@@ -146,6 +176,8 @@ def coerce(section: str, key: str, value: Any) -> Any:
         if isinstance(value, str):
             return parse_bool(value)
         raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if typing.get_origin(want) is dict:
+        return coerce_tables(where, value)
     if typing.get_origin(want) is list:
         item = typing.get_args(want)[0]
         if isinstance(value, str):
@@ -154,6 +186,28 @@ def coerce(section: str, key: str, value: Any) -> Any:
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [coerce_scalar(where, item, v) for v in value]
     return coerce_scalar(where, want, value)
+
+
+TABLE_KEYS = ("sharding_type", "compute_kernel")
+
+
+def coerce_tables(where: str, value: Any) -> dict[str, dict[str, str]]:
+    """{table: {sharding_type|compute_kernel: str}}; names are checked against the model
+    later, when the tables are known."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table of per-table settings")
+    out: dict[str, dict[str, str]] = {}
+    for table, settings in value.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f'{where}.{table} must be a table, e.g. sharding_type = "..."')
+        for key, item in settings.items():
+            if key not in TABLE_KEYS:
+                raise ConfigError(
+                    f"unknown setting {where}.{table}.{key}; known: {', '.join(TABLE_KEYS)}"
+                )
+            coerce_scalar(f"{where}.{table}.{key}", str, item)
+        out[str(table)] = dict(settings)
+    return out
 
 
 def coerce_scalar(where: str, want: type, value: Any) -> Any:
@@ -204,18 +258,26 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+SHARDING_TYPES = (
+    "auto",
+    "table_wise",
+    "row_wise",
+    "column_wise",
+    "table_row_wise",
+    "table_column_wise",
+    "data_parallel",
+)
+COMPUTE_KERNELS = ("auto", "fused", "dense", "fused_uvm", "fused_uvm_caching")
+
 CHOICES = {
     ("model", "interaction"): ("dot", "cat"),
     ("model", "loss_function"): ("mse", "bce", "wbce"),
-    ("data", "generation"): ("random",),
-    ("data", "rand_data_dist"): ("uniform", "gaussian"),
-    ("optim", "optimizer"): ("sgd",),
-    ("sharding", "sharding_type"): (
-        "table_wise",
-        "column_wise",
-        "table_column_wise",
-        "data_parallel",
-    ),
+    ("data", "generation"): ("random", "random-fast"),
+    ("data", "rand_data_dist"): ("uniform", "gaussian", "zipf"),
+    ("optim", "optimizer"): ("sgd", "adagrad", "rwsadagrad", "adam"),
+    ("sharding", "sharding_type"): SHARDING_TYPES,
+    ("sharding", "compute_kernel"): COMPUTE_KERNELS,
+    ("train", "dist_backend"): ("", "gloo", "nccl"),
 }
 
 
@@ -268,6 +330,31 @@ def validate(cfg: Config) -> Config:
                 f"--rand-data-min/--rand-data-max must lie in [0, {min(m.embedding_sizes) - 1}]"
                 " (the smallest table's last row) for gaussian indices"
             )
+    if d.rand_data_dist == "zipf" and d.generation != "random-fast":
+        raise ConfigError("--rand-data-dist=zipf needs --data-generation=random-fast")
+    if d.multi_hot_sizes:
+        if d.generation != "random-fast":
+            raise ConfigError("--multi-hot-sizes needs --data-generation=random-fast")
+        if len(d.multi_hot_sizes) != len(m.embedding_sizes) or min(d.multi_hot_sizes) < 1:
+            raise ConfigError(
+                f"--multi-hot-sizes needs one positive size per table "
+                f"({len(m.embedding_sizes)} tables), got {len(d.multi_hot_sizes)}"
+            )
+    if d.zipf_exponent <= 0:
+        raise ConfigError("--zipf-exponent must be positive")
+    sh = cfg.sharding
+    if sh.hbm_gb < 0 or sh.ddr_gb < 0:
+        raise ConfigError("--hbm-gb and --ddr-gb must not be negative (0 = detect)")
+    for table, settings in sh.tables.items():
+        for key, allowed in (
+            ("sharding_type", SHARDING_TYPES),
+            ("compute_kernel", COMPUTE_KERNELS),
+        ):
+            if key in settings and settings[key] not in allowed:
+                raise ConfigError(
+                    f"[sharding.tables.{table}] {key} = {settings[key]!r} is not supported; "
+                    "choose one of " + " | ".join(allowed)
+                )
     o = cfg.optim
     if o.lr_decay_start_step < o.lr_num_warmup_steps:
         raise ConfigError(

@@ -90,12 +90,14 @@ def _table_constraint(cfg: ShardingConfig, dim: int) -> ParameterConstraints:
     kernel only data-parallel: tables with other dims (the seed's have 2) are replicated."""
     if cfg.sharding_type == "data_parallel" or dim % 4 != 0:
         return ParameterConstraints(sharding_types=["data_parallel"], compute_kernels=["dense"])
+    if cfg.sharding_type == "auto":
+        return ParameterConstraints(sharding_types=list(CPU_SHARDING_TYPES))
     return ParameterConstraints(sharding_types=[cfg.sharding_type], compute_kernels=["fused"])
 
 
 def build_plan(model: torch.nn.Module, cfg: ShardingConfig, env: DistEnv) -> ShardingPlan:
     """Plan the tables of model.sparse_arch with the forced sharding type."""
-    if env.device.type == "cpu" and cfg.sharding_type not in CPU_SHARDING_TYPES:
+    if env.device.type == "cpu" and cfg.sharding_type not in (*CPU_SHARDING_TYPES, "auto"):
         raise ConfigError(
             f"--sharding-type={cfg.sharding_type} needs CUDA; on CPU use one of "
             + " | ".join(CPU_SHARDING_TYPES)

@@ -104,19 +104,27 @@ def test_missing_file():
     ("argv", "message"),
     [
         (["--qr-flag=True"], "--qr-flag is a reference flag that dlrm_dist does not support"),
-        (["--use-gpu"], "--use-gpu is a reference flag"),
+        (["--use-ipex"], "--use-ipex is a reference flag"),
         (["--data-set", "kaggle"], "--data-set is a reference flag"),
         (["--no-such-flag"], "unrecognized arguments"),
         (["--mini-batch-size=abc"], "--mini-batch-size\\) must be an integer"),
         (["--arch-mlp-bot=4-x-2"], "not a dash-separated list"),
         (["--arch-interaction-op=sum"], "--arch-interaction-op=sum is not supported"),
         (["--loss-function=hinge"], "--loss-function=hinge is not supported"),
-        (["--optimizer=adam"], "--optimizer=adam is not supported"),
+        (["--optimizer=lamb"], "--optimizer=lamb is not supported"),
+        (["--rand-data-dist=zipf"], "zipf needs --data-generation=random-fast"),
+        (["--multi-hot-sizes=3,2"], "--multi-hot-sizes needs --data-generation=random-fast"),
+        (
+            ["--data-generation=random-fast", "--multi-hot-sizes=3,2"],
+            "one positive size per table \\(3 tables\\), got 2",
+        ),
+        (["--dist-backend=mpi"], "--dist-backend=mpi is not supported"),
         (["--mini-batch-size=0"], "--mini-batch-size must be at least 1"),
         (["--loss-weights=1.0"], "needs two weights"),
         (["--lr-num-warmup-steps=10"], "warmup must finish before the decay starts"),
         (["--rand-data-dist=gaussian", "--rand-data-max=5"], "must lie in \\[0, 1\\]"),
-        (["--sharding-type=row_wise"], "--sharding-type=row_wise is not supported"),
+        (["--sharding-type=grid"], "--sharding-type=grid is not supported"),
+        (["--hbm-gb=-1"], "must not be negative"),
         (["--loss-function=bce", "--arch-mlp-top=4-2"], "must end in 1"),
     ],
 )
@@ -141,3 +149,38 @@ def test_default_config_object_is_independent():
     a, b = Config(), Config()
     a.model.mlp_bot.append(9)
     assert b.model.mlp_bot == [4, 3, 2]
+
+
+def test_per_table_overrides_from_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[sharding]\nsharding_type = 'table_wise'\n"
+        "[sharding.tables.t_cat_1]\nsharding_type = 'column_wise'\ncompute_kernel = 'fused'\n"
+    )
+    cfg = parse_args(["--config", str(path)])
+    assert cfg.sharding.sharding_type == "table_wise"
+    assert cfg.sharding.tables == {
+        "t_cat_1": {"sharding_type": "column_wise", "compute_kernel": "fused"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[sharding.tables.t_cat_1]\nkernel = 'fused'\n", "unknown setting .*t_cat_1.kernel"),
+        ("[sharding.tables.t_cat_1]\nsharding_type = 'diag'\n", "'diag' is not supported"),
+        ("[sharding]\ntables = 3\n", "must be a table of per-table settings"),
+    ],
+)
+def test_bad_per_table_overrides(tmp_path, body, message):
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        parse_args(["--config", str(path)])
+
+
+def test_lists_take_commas_or_dashes():
+    cfg = parse_args(
+        ["--data-generation=random-fast", "--multi-hot-sizes=3,2,1", "--arch-mlp-bot=4-3-2"]
+    )
+    assert cfg.data.multi_hot_sizes == [3, 2, 1] and cfg.model.mlp_bot == [4, 3, 2]
