@@ -23,6 +23,7 @@ from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from dlrm_dist.config import ConfigError, OptimConfig, ShardingConfig
 
@@ -47,10 +48,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> DistEnv:
-    """Join the torchrun group, or start a one-rank gloo group when run directly."""
-    use_cuda = torch.cuda.is_available()
-    backend = "nccl" if use_cuda else "gloo"
+def init_distributed(use_gpu: bool = False, backend: str = "") -> DistEnv:
+    """Join the torchrun group, or start a one-rank gloo group when run directly.
+
+    As in the reference, CUDA is used only when asked for (`--use-gpu`) and present;
+    the backend follows the device (nccl on CUDA, gloo on CPU) unless given."""
+    use_cuda = use_gpu and torch.cuda.is_available()
+    if use_gpu and not use_cuda:
+        log.warning("note: --use-gpu but no CUDA device is visible; training on CPU")
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if backend == "nccl" and not use_cuda:
+        raise ConfigError("--dist-backend=nccl needs CUDA (--use-gpu on a GPU machine); use gloo")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -74,6 +82,58 @@ def set_threads(env: DistEnv, threads: int = 0) -> int:
         threads = max(1, len(os.sched_getaffinity(0)) // env.local_world_size)
     torch.set_num_threads(threads)
     return threads
+
+
+def local_batch(global_batch: int, env: DistEnv, flag: str = "--mini-batch-size") -> int:
+    """Each rank trains on an equal slice of the global batch (the reference's meaning
+    of the batch size); a size the world does not divide is an error."""
+    if global_batch % env.world_size:
+        raise ConfigError(
+            f"{flag}={global_batch} is not divisible by the world size {env.world_size}: "
+            f"use a multiple of {env.world_size}"
+        )
+    return global_batch // env.world_size
+
+
+def agree_num_batches(n: int) -> int:
+    """All ranks stop together: each offers how many batches it can take, all take the
+    fewest. One collective before training, so a short shard never leaves the others
+    waiting in an all-to-all that will not come."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate equal-sized tensors from all ranks (in rank order), on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def global_mean(loss: torch.Tensor) -> float:
+    """The global batch's loss: the mean of the ranks' local means (equal local batches).
+    Only for reporting; the gradients are already global (DDP averages the MLPs', and
+    torchrec's all-to-all divides the embeddings' by the world size)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return loss.item()
+    t = loss.detach().clone()
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def all_sum(value: float, device: torch.device) -> float:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def close_distributed() -> None:
@@ -128,12 +188,38 @@ class _SingleRank(DataParallelWrapper):
         pass
 
 
+# The reference's optimizers. Embeddings: the class torchrec maps onto an FBGEMM fused
+# optimizer (EXACT_SGD, EXACT_ADAGRAD, EXACT_ROWWISE_ADAGRAD, ADAM; updates only the rows a
+# batch touches, as the reference's sparse gradients do). MLPs: the dense counterpart;
+# the reference's RWSAdagrad is elementwise Adagrad on dense gradients. eps are the
+# reference's torch defaults (FBGEMM's names; only eps is passed, the rest are defaults
+# both sides share).
+_EMBEDDING_OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, {}),
+    "adagrad": (torch.optim.Adagrad, {"eps": 1e-10}),
+    "rwsadagrad": (RowWiseAdagrad, {"eps": 1e-10}),
+    "adam": (torch.optim.Adam, {}),
+}
+_DENSE_OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, {}),
+    "adagrad": (torch.optim.Adagrad, {"eps": 1e-10}),
+    "rwsadagrad": (torch.optim.Adagrad, {"eps": 1e-10}),
+    "adam": (torch.optim.Adam, {}),
+}
+
+
 def shard(model: torch.nn.Module, plan: ShardingPlan, env: DistEnv, cfg: OptimConfig):
     """Fuse the embedding optimizer into backward, then wrap in DistributedModelParallel."""
+    if cfg.optimizer == "adam" and env.device.type == "cpu":
+        raise ConfigError(
+            "--optimizer=adam: FBGEMM has no fused Adam on CPU; on CPU use sgd | adagrad | "
+            "rwsadagrad, or train on CUDA (--use-gpu)"
+        )
+    cls, kwargs = _EMBEDDING_OPTIMIZERS[cfg.optimizer]
     apply_optimizer_in_backward(
-        torch.optim.SGD,
+        cls,
         model.sparse_arch.embedding_bag_collection.parameters(),
-        {"lr": cfg.learning_rate},
+        {"lr": cfg.learning_rate, **kwargs},
     )
     return DistributedModelParallel(
         module=model,
@@ -145,12 +231,23 @@ def shard(model: torch.nn.Module, plan: ShardingPlan, env: DistEnv, cfg: OptimCo
 
 
 def build_optimizer(dmp: DistributedModelParallel, cfg: OptimConfig) -> CombinedOptimizer:
-    """The fused embedding optimizer plus SGD on the dense (data-parallel) parameters."""
-    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    dense_opt = KeyedOptimizerWrapper(
-        dense, lambda params: torch.optim.SGD(params, lr=cfg.learning_rate)
-    )
-    return CombinedOptimizer([dmp.fused_optimizer, dense_opt])
+    """The fused embedding optimizer, plus plain optimizers for what is not fused:
+    replicated (data-parallel, dense-kernel) tables get the embedding optimizer (so
+    rwsadagrad stays row-wise there), the MLPs its dense counterpart."""
+    rest = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    tables = {k: v for k, v in rest.items() if ".embedding_bags." in k}
+    mlps = {k: v for k, v in rest.items() if k not in tables}
+    parts: list = [dmp.fused_optimizer]
+    for params, table in ((tables, _EMBEDDING_OPTIMIZERS), (mlps, _DENSE_OPTIMIZERS)):
+        if params:
+            cls, kwargs = table[cfg.optimizer]
+            parts.append(
+                KeyedOptimizerWrapper(
+                    params,
+                    lambda ps, cls=cls, kwargs=kwargs: cls(ps, lr=cfg.learning_rate, **kwargs),
+                )
+            )
+    return CombinedOptimizer(parts)
 
 
 def _local_name(name: str) -> str:

@@ -36,8 +36,16 @@ class RunResult:
     final_weights: dict[str, np.ndarray] | None = None
 
 
-def make_data(cfg: Config, arch: Arch, rs: np.random.RandomState, eval_set: bool = False):
-    """The reference's random train (or eval) data, sharing rs, the reference's global stream."""
+def make_data(
+    cfg: Config,
+    arch: Arch,
+    rs: np.random.RandomState,
+    eval_set: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """The reference's random train (or eval) data, sharing rs, the reference's global
+    stream; this rank's slice of each global batch."""
     d = cfg.data
     spec = RandomDataSpec(
         dense_features=arch.m_den,
@@ -59,7 +67,18 @@ def make_data(cfg: Config, arch: Arch, rs: np.random.RandomState, eval_set: bool
         d.data_size,
         d.num_batches,
         batch or d.mini_batch_size,
+        rank,
+        world_size,
     )
+
+
+def usable_batches(data, world_size: int) -> int:
+    """Batches every rank can take an equal slice of: a last partial batch that the world
+    size does not divide is left out (torchrec's all-to-alls want equal local batches)."""
+    n = len(data)
+    if world_size > 1 and n and data.batch_size(n - 1) % world_size:
+        return n - 1
+    return n
 
 
 def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.RandomState):
@@ -75,7 +94,8 @@ def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.Rando
 
 @torch.no_grad()
 def evaluate(model, data, loss_fn, device, num_batches: int) -> dict[str, float]:
-    """Loss (sample-weighted mean), accuracy (round(p) == t) and, for 0/1 targets, AUC."""
+    """Loss (sample-weighted mean), accuracy (round(p) == t) and, for 0/1 targets, AUC,
+    over the whole evaluation set: every rank's slice, gathered."""
     model.eval()
     preds, targets, total_loss = [], [], 0.0
     for i, batch in enumerate(data):
@@ -84,12 +104,13 @@ def evaluate(model, data, loss_fn, device, num_batches: int) -> dict[str, float]
         batch = batch.to(device)
         p = model(batch.dense_features, batch.sparse_features)
         total_loss += loss_fn(p, batch.labels).item() * batch.labels.numel()
-        preds.append(p.float().cpu())
-        targets.append(batch.labels.cpu())
+        preds.append(p.float())
+        targets.append(batch.labels)
     model.train()
-    p, t = torch.cat(preds), torch.cat(targets)
+    p = distributed.gather_cat(torch.cat(preds)).cpu()
+    t = distributed.gather_cat(torch.cat(targets)).cpu()
     out = {
-        "loss": total_loss / t.numel(),
+        "loss": distributed.all_sum(total_loss, device) / t.numel(),
         "accuracy": (torch.round(p) == t).float().mean().item(),
     }
     if bool(((t == 0) | (t == 1)).all()) and 0 < t.sum() < t.numel():
@@ -103,9 +124,19 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
     arch = derive_arch(cfg.model, cfg.data.dense_features)
     rs = np.random.RandomState(cfg.train.numpy_rand_seed)  # the reference's np.random
     torch.manual_seed(cfg.train.numpy_rand_seed)
-    train_data = make_data(cfg, arch, rs)
-    test_data = make_data(cfg, arch, rs, eval_set=True)
-    nbatches = len(train_data)
+    distributed.local_batch(cfg.data.mini_batch_size, env)
+    if cfg.train.test_freq > 0 and cfg.data.test_mini_batch_size > 0:
+        distributed.local_batch(cfg.data.test_mini_batch_size, env, "--test-mini-batch-size")
+    train_data = make_data(cfg, arch, rs, False, env.rank, env.world_size)
+    test_data = make_data(cfg, arch, rs, True, env.rank, env.world_size)
+    nbatches = distributed.agree_num_batches(usable_batches(train_data, env.world_size))
+    ntest = distributed.agree_num_batches(usable_batches(test_data, env.world_size))
+    if nbatches < len(train_data):
+        out.print(
+            f"note: training on {nbatches} of {len(train_data)} batches per epoch: "
+            f"{env.world_size} ranks cannot split the last "
+            f"({train_data.batch_size(len(train_data) - 1)} samples) evenly"
+        )
     if cfg.train.debug_mode:
         out.arch(arch)
         out.data(train_data)  # draws the batches before the model, as the reference
@@ -127,6 +158,8 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
     for epoch in range(cfg.train.nepochs):
         fetch_start = time.perf_counter()
         for j, batch in enumerate(train_data):
+            if j >= nbatches:
+                break
             batch = batch.to(env.device)
             t1 = time.perf_counter()
             step += 1
@@ -135,10 +168,12 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
             loss = loss_fn(model(batch.dense_features, batch.sparse_features), batch.labels)
             loss.backward()
             optimizer.step()
-            value = loss.item()
+            value = distributed.global_mean(loss)
             t2 = time.perf_counter()
             result.losses.append(value)
-            out.iteration(value, batch.labels.numel(), t1 - fetch_start, t2 - t1, lr)
+            out.iteration(
+                value, batch.labels.numel() * env.world_size, t1 - fetch_start, t2 - t1, lr
+            )
             fetch_start = t2
             last = j + 1 == nbatches
             test = cfg.train.test_freq > 0 and ((j + 1) % cfg.train.test_freq == 0 or last)
@@ -146,7 +181,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
                 out.log_train(j + 1, nbatches, epoch)
             if test:
                 eval_start = time.perf_counter()
-                metrics = evaluate(model, test_data, loss_fn, env.device, nbatches)
+                metrics = evaluate(model, test_data, loss_fn, env.device, min(nbatches, ntest))
                 best_acc = max(best_acc, metrics["accuracy"])
                 result.evals.append(metrics)
                 out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
@@ -162,7 +197,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
 
 def run(cfg: Config) -> RunResult:
     """Train with cfg in this process (one rank, or one of torchrun's)."""
-    env = distributed.init_distributed()
+    env = distributed.init_distributed(cfg.train.use_gpu, cfg.train.dist_backend)
     try:
         threads = distributed.set_threads(env, cfg.train.threads)
         out = report.Reporter(cfg, rank=env.rank, threads=threads)

@@ -430,6 +430,7 @@ def oracle_train(
     loss_weights: Sequence[float] = (1.0, 1.0),
     loss_threshold: float = 0.0,
     learning_rate: float = 0.01,
+    optimizer: str = "sgd",
     nepochs: int = 1,
     data_size: int,
     num_batches: int = 0,
@@ -487,8 +488,8 @@ def oracle_train(
     # float64, as in the reference (np.fromstring(..., dtype=float)).
     weights = torch.tensor(np.asarray(loss_weights, dtype=np.float64))
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
-    scheduler = OracleLRPolicy(optimizer, warmup, decay_start, num_decay)
+    optimizers = oracle_optimizers(model, optimizer, learning_rate)
+    schedulers = [OracleLRPolicy(o, warmup, decay_start, num_decay) for o in optimizers]
 
     losses: list[float] = []
     lrs: list[float] = []
@@ -513,8 +514,9 @@ def oracle_train(
         )
         for X, offsets, indices, T in batches:
             start = time.perf_counter()
-            lrs.append(float(optimizer.param_groups[0]["lr"]))
-            optimizer.zero_grad()
+            lrs.append(float(optimizers[0].param_groups[0]["lr"]))
+            for o in optimizers:
+                o.zero_grad()
             Z = model(X, offsets, indices)
             if loss_function == "wbce":
                 w = weights[T.view(-1).long()].view_as(T)
@@ -522,8 +524,9 @@ def oracle_train(
             else:
                 E = loss_fn(Z, T)
             E.backward()
-            optimizer.step()
-            scheduler.step()
+            for o, sched in zip(optimizers, schedulers):
+                o.step()
+                sched.step()
             losses.append(E.item())
             step_seconds += time.perf_counter() - start
 
@@ -534,6 +537,55 @@ def oracle_train(
         "init_params": init_params,
         "step_seconds": step_seconds,
     }
+
+
+class OracleRWSAdagrad(Optimizer):
+    """The reference's row-wise sparse Adagrad (`--optimizer rwsadagrad`), from its
+    definition: a sparse gradient (an embedding table's) keeps one accumulator per row,
+    summing the mean over the row of the squared gradient; a dense gradient (an MLP's)
+    gets elementwise Adagrad. Update: w -= lr * g / (sqrt(acc) + eps)."""
+
+    def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10) -> None:
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if p.grad.is_sparse:
+                    g = p.grad.coalesce()
+                    rows, values = g.indices()[0], g.values()
+                    acc = state.setdefault("row_sum", torch.zeros(p.shape[0]))
+                    acc.index_add_(0, rows, values.pow(2).mean(dim=1))
+                    std = acc[rows].sqrt() + eps
+                    p.index_add_(0, rows, values / std[:, None], alpha=-lr)
+                else:
+                    acc = state.setdefault("sum", torch.zeros_like(p))
+                    acc.addcmul_(p.grad, p.grad)
+                    p.addcdiv_(p.grad, acc.sqrt() + eps, value=-lr)
+        return None
+
+
+def oracle_optimizers(model: OracleDLRM, name: str, lr: float) -> list[Optimizer]:
+    """The reference's optimizer over all parameters (sgd, adagrad: torch's, which take
+    sparse gradients; rwsadagrad); adam, which the reference lacks, as SparseAdam on the
+    tables (lazy: only the rows a batch touches) plus Adam on the MLPs."""
+    if name == "sgd":
+        return [torch.optim.SGD(model.parameters(), lr=lr)]
+    if name == "adagrad":
+        return [torch.optim.Adagrad(model.parameters(), lr=lr)]
+    if name == "rwsadagrad":
+        return [OracleRWSAdagrad(model.parameters(), lr=lr)]
+    if name == "adam":
+        tables = list(model.emb_l.parameters())
+        ids = {id(p) for p in tables}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        return [torch.optim.SparseAdam(tables, lr=lr), torch.optim.Adam(dense, lr=lr)]
+    raise ValueError(f"unsupported optimizer {name!r}")
 
 
 def seed_data_kwargs(cfg: Any) -> dict[str, Any]:
@@ -570,6 +622,7 @@ def oracle_kwargs(cfg: Any) -> dict[str, Any]:
         loss_weights=m.loss_weights,
         loss_threshold=m.loss_threshold,
         learning_rate=o.learning_rate,
+        optimizer=o.optimizer,
         nepochs=cfg.train.nepochs,
         warmup=o.lr_num_warmup_steps,
         decay_start=o.lr_decay_start_step,

@@ -55,6 +55,20 @@ class RawBatch:
         """Per-table indices, the reference's `lS_i`."""
         return np.split(self.values, np.cumsum(self.lengths.sum(axis=1))[:-1])
 
+    def slice(self, start: int, stop: int) -> RawBatch:
+        """Samples [start, stop) of every table: one rank's share of a global batch."""
+        sizes = self.lengths.sum(axis=1)
+        table_starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        before = self.lengths[:, :start].sum(axis=1)
+        within = self.lengths[:, start:stop].sum(axis=1)
+        parts = [self.values[b : b + n] for b, n in zip(table_starts + before, within)]
+        return RawBatch(
+            self.dense[start:stop],
+            self.lengths[:, start:stop],
+            np.concatenate(parts) if parts else self.values[:0],
+            self.targets[start:stop],
+        )
+
     def offsets(self) -> list[np.ndarray]:
         """Per-table bag start offsets (n,), the reference's `lS_o`."""
         return [np.concatenate(([0], np.cumsum(ln)[:-1])).astype(np.int64) for ln in self.lengths]
@@ -209,7 +223,9 @@ class ReferenceRandomData:
     """The reference's RandomDataset + DataLoader: `len()` batches, reseeded at batch 0.
 
     `rs` is shared with whatever else draws from the reference's global stream (weight
-    init, the evaluation data), so their interleaving matches the reference.
+    init, the evaluation data), so their interleaving matches the reference. Under
+    several ranks every rank draws the whole global batch (the stream is sequential)
+    and iterates over its own contiguous slice.
     """
 
     def __init__(
@@ -220,8 +236,11 @@ class ReferenceRandomData:
         data_size: int,
         num_batches: int,
         mini_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.spec, self.rs, self.seed = spec, rs, seed
+        self.rank, self.world_size = rank, world_size
         self.mini_batch_size = mini_batch_size
         if num_batches != 0:
             self.num_batches = num_batches
@@ -244,4 +263,8 @@ class ReferenceRandomData:
 
     def __iter__(self):
         for index in range(self.num_batches):
-            yield to_batch(self.raw(index), self.keys)
+            raw = self.raw(index)
+            if self.world_size > 1:
+                n = raw.targets.shape[0] // self.world_size
+                raw = raw.slice(self.rank * n, (self.rank + 1) * n)
+            yield to_batch(raw, self.keys)
