@@ -85,7 +85,7 @@ def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.Rando
     """Model with the reference's initial weights, sharded; and its optimizer."""
     weights = reference_init(rs, arch)
     model = DLRM(arch, cfg.model, device="meta")
-    plan = distributed.build_plan(model, cfg.sharding, env)
+    plan = distributed.build_plan(model, cfg, env)
     dmp = distributed.shard(model, plan, env, cfg.optim)
     distributed.load_full_weights(dmp, weights)
     optimizer = distributed.build_optimizer(dmp, cfg.optim)
@@ -196,14 +196,17 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
 
 
 def run(cfg: Config) -> RunResult:
-    """Train with cfg in this process (one rank, or one of torchrun's)."""
+    """Train with cfg in this process (one rank, or one of torchrun's). A process group
+    the caller already started is used and left open."""
+    owns_group = not torch.distributed.is_initialized()
     env = distributed.init_distributed(cfg.train.use_gpu, cfg.train.dist_backend)
     try:
         threads = distributed.set_threads(env, cfg.train.threads)
         out = report.Reporter(cfg, rank=env.rank, threads=threads)
         return train(cfg, env, out)
     finally:
-        distributed.close_distributed()
+        if owns_group:
+            distributed.close_distributed()
 
 
 def _quiet_libraries() -> None:

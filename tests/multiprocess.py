@@ -50,3 +50,29 @@ def train_entry(argv: list[str]) -> dict[str, Any]:
         "weights": result.final_weights,
         "samples": result.samples,
     }
+
+
+def train_many(argvs: list[list[str]]) -> list[dict[str, Any]]:
+    """train_entry for several runs in a row, in the same processes and process group
+    (saves start-ups; a group is not re-initialized in one process)."""
+    from dlrm_dist import distributed
+
+    distributed.init_distributed()
+    try:
+        return [train_entry(argv) for argv in argvs]
+    finally:
+        distributed.close_distributed()
+
+
+def agree_entry(offers: list[int]) -> int:
+    """Rank r offers offers[r] batches; returns what all ranks agreed on."""
+    import os
+
+    from dlrm_dist import distributed
+
+    env = distributed.init_distributed()
+    try:
+        return distributed.agree_num_batches(offers[int(os.environ["RANK"])])
+    finally:
+        distributed.close_distributed()
+        assert env.world_size == len(offers)

@@ -1,0 +1,91 @@
+"""Model-parallel training in real processes (gloo on CPU): 2 ranks train exactly like
+1 rank on the same global batch, for every CPU sharding type and optimizer; ranks stop
+together at the end of data; a 4-rank smoke run."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from dlrm_dist import distributed
+from dlrm_dist.config import ConfigError
+from tests.multiprocess import agree_entry, launch, train_many
+
+BASE = [
+    "--arch-embedding-size=20-30-40-50",
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-bot=5-8-4",
+    "--arch-mlp-top=6-1",
+    "--loss-function=bce",
+    "--round-targets=true",
+    "--mini-batch-size=16",
+    "--num-batches=12",
+    "--learning-rate=0.1",
+    "--test-freq=6",
+    "--print-freq=1000",
+    "--progress-bar=false",
+]
+SHARDINGS = ["table_wise", "column_wise", "table_column_wise", "data_parallel"]
+OPTIMIZERS = ["sgd", "adagrad"]
+CASES = list(itertools.product(SHARDINGS, OPTIMIZERS))
+
+
+@pytest.fixture(scope="module")
+def parity_runs():
+    argvs = [[*BASE, f"--sharding-type={s}", f"--optimizer={o}"] for s, o in CASES]
+    one = launch(1, train_many, argvs)[0]
+    two = launch(2, train_many, argvs)
+    return one, two
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize(("sharding", "optimizer"), CASES)
+def test_two_ranks_train_like_one(parity_runs, sharding, optimizer):
+    one, two = parity_runs
+    i = CASES.index((sharding, optimizer))
+    ref, rank0, rank1 = one[i], two[0][i], two[1][i]
+    assert len(ref["losses"]) == 12
+    np.testing.assert_allclose(rank0["losses"], ref["losses"], rtol=1e-5, atol=1e-7)
+    assert rank1["losses"] == rank0["losses"]  # every rank reports the global loss
+    assert rank0["samples"] == ref["samples"] == 12 * 16
+    for name, want in ref["weights"].items():
+        np.testing.assert_allclose(rank0["weights"][name], want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(rank0["evals"], ref["evals"], strict=True):
+        assert got.keys() == want.keys() == {"loss", "accuracy", "auc"}
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.timeout(200)
+def test_ranks_stop_together_at_the_end_of_data():
+    # 3 full batches of 16 and a last one of 3 samples, which 2 ranks cannot split:
+    # both ranks train 3 batches per epoch, two epochs, and finish
+    argv = [*BASE[:7], "--num-batches=0", "--data-size=51", "--nepochs=2", "--print-freq=1"]
+    argv += ["--progress-bar=false"]
+    two = launch(2, train_many, [argv])
+    assert len(two[0][0]["losses"]) == len(two[1][0]["losses"]) == 6
+    assert two[0][0]["samples"] == 6 * 16
+
+
+@pytest.mark.timeout(200)
+def test_ranks_agree_on_the_fewest_batches():
+    assert launch(3, agree_entry, [7, 5, 9]) == {0: 5, 1: 5, 2: 5}
+
+
+@pytest.mark.timeout(300)
+def test_four_rank_smoke_run():
+    argv = [*BASE, "--mini-batch-size=32", "--sharding-type=table_wise"]
+    four = launch(4, train_many, [argv])
+    losses = [four[r][0]["losses"] for r in range(4)]
+    assert all(row == losses[0] for row in losses)
+    assert len(losses[0]) == 12 and np.isfinite(losses[0]).all()
+    assert four[0][0]["weights"] is not None and four[1][0]["weights"] is None
+
+
+def test_a_batch_the_world_does_not_divide_is_a_clear_error():
+    env = distributed.DistEnv(0, 4, 0, 4, None, "gloo")
+    assert distributed.local_batch(64, env) == 16
+    with pytest.raises(ConfigError, match="--mini-batch-size=30 is not divisible by the world"):
+        distributed.local_batch(30, env)
