@@ -18,6 +18,7 @@ import torch
 from dlrm_dist import distributed, report
 from dlrm_dist.cli import parse_args
 from dlrm_dist.config import Config, ConfigError
+from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData
 from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
 from dlrm_dist.init import reference_init
 from dlrm_dist.lr_policy import LRPolicy
@@ -44,10 +45,16 @@ def make_data(
     rank: int = 0,
     world_size: int = 1,
 ):
-    """The reference's random train (or eval) data, sharing rs, the reference's global
-    stream; this rank's slice of each global batch."""
+    """This rank's slice of each global batch of the train (or eval) data.
+
+    `random`: the reference's generator, drawn from rs (the reference's global stream,
+    shared with the initial weights and the other set) whole on every rank. `random-fast`:
+    each rank draws only its slice; batch b depends only on the seed, the set and b."""
     d = cfg.data
-    spec = RandomDataSpec(
+    seed = cfg.train.numpy_rand_seed
+    batch = d.test_mini_batch_size if eval_set and d.test_mini_batch_size > 0 else None
+    batch = batch or d.mini_batch_size
+    common = dict(
         dense_features=arch.m_den,
         table_sizes=arch.ln_emb,
         num_indices_per_lookup=d.num_indices_per_lookup,
@@ -59,17 +66,15 @@ def make_data(
         sigma=d.rand_data_sigma,
         round_targets=d.round_targets,
     )
-    batch = d.test_mini_batch_size if eval_set and d.test_mini_batch_size > 0 else None
-    return ReferenceRandomData(
-        spec,
-        rs,
-        cfg.train.numpy_rand_seed,
-        d.data_size,
-        d.num_batches,
-        batch or d.mini_batch_size,
-        rank,
-        world_size,
-    )
+    if d.generation == "random-fast":
+        spec = FastDataSpec(
+            **common, zipf_exponent=d.zipf_exponent, multi_hot_sizes=tuple(d.multi_hot_sizes)
+        )
+        return RandomFastData(
+            spec, seed, d.num_batches, batch, rank, world_size, d.data_size, int(eval_set)
+        )
+    spec = RandomDataSpec(**common)
+    return ReferenceRandomData(spec, rs, seed, d.data_size, d.num_batches, batch, rank, world_size)
 
 
 def usable_batches(data, world_size: int) -> int:

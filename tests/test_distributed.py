@@ -29,22 +29,27 @@ BASE = [
 ]
 SHARDINGS = ["table_wise", "column_wise", "table_column_wise", "data_parallel"]
 OPTIMIZERS = ["sgd", "adagrad"]
-CASES = list(itertools.product(SHARDINGS, OPTIMIZERS))
+# random-fast: each rank draws its slice; random: the reference's stream, sliced
+CASES = [(s, o, "random-fast") for s, o in itertools.product(SHARDINGS, OPTIMIZERS)]
+CASES += [("table_wise", "rwsadagrad", "random-fast"), ("column_wise", "sgd", "random")]
 
 
 @pytest.fixture(scope="module")
 def parity_runs():
-    argvs = [[*BASE, f"--sharding-type={s}", f"--optimizer={o}"] for s, o in CASES]
+    argvs = [
+        [*BASE, f"--sharding-type={s}", f"--optimizer={o}", f"--data-generation={g}"]
+        for s, o, g in CASES
+    ]
     one = launch(1, train_many, argvs)[0]
     two = launch(2, train_many, argvs)
     return one, two
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize(("sharding", "optimizer"), CASES)
-def test_two_ranks_train_like_one(parity_runs, sharding, optimizer):
+@pytest.mark.parametrize(("sharding", "optimizer", "generation"), CASES)
+def test_two_ranks_train_like_one(parity_runs, sharding, optimizer, generation):
     one, two = parity_runs
-    i = CASES.index((sharding, optimizer))
+    i = CASES.index((sharding, optimizer, generation))
     ref, rank0, rank1 = one[i], two[0][i], two[1][i]
     assert len(ref["losses"]) == 12
     np.testing.assert_allclose(rank0["losses"], ref["losses"], rtol=1e-5, atol=1e-7)
