@@ -17,19 +17,15 @@ import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
-from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from dlrm_dist.config import ConfigError, OptimConfig, ShardingConfig
+from dlrm_dist import planning
+from dlrm_dist.config import Config, ConfigError, OptimConfig
 
 log = logging.getLogger("dlrm_dist")
-
-CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")
 
 
 @dataclass(frozen=True)
@@ -145,40 +141,21 @@ def _sharder() -> EmbeddingBagCollectionSharder:
     return EmbeddingBagCollectionSharder()
 
 
-def _table_constraint(cfg: ShardingConfig, dim: int) -> ParameterConstraints:
-    """FBGEMM's sharded kernels need a dim divisible by 4, and torchrec offers its dense
-    kernel only data-parallel: tables with other dims (the seed's have 2) are replicated."""
-    if cfg.sharding_type == "data_parallel" or dim % 4 != 0:
-        return ParameterConstraints(sharding_types=["data_parallel"], compute_kernels=["dense"])
-    if cfg.sharding_type == "auto":
-        return ParameterConstraints(sharding_types=list(CPU_SHARDING_TYPES))
-    return ParameterConstraints(sharding_types=[cfg.sharding_type], compute_kernels=["fused"])
-
-
-def build_plan(model: torch.nn.Module, cfg: ShardingConfig, env: DistEnv) -> ShardingPlan:
-    """Plan the tables of model.sparse_arch with the forced sharding type."""
-    if env.device.type == "cpu" and cfg.sharding_type not in (*CPU_SHARDING_TYPES, "auto"):
-        raise ConfigError(
-            f"--sharding-type={cfg.sharding_type} needs CUDA; on CPU use one of "
-            + " | ".join(CPU_SHARDING_TYPES)
-        )
-    ebc = model.sparse_arch.embedding_bag_collection
-    constraints = {
-        table.name: _table_constraint(cfg, table.embedding_dim)
-        for table in ebc.embedding_bag_configs()
-    }
-    odd = [t.name for t in ebc.embedding_bag_configs() if t.embedding_dim % 4]
-    if odd and cfg.sharding_type != "data_parallel":
-        log.warning(
-            "note: %d table(s) have a dim not divisible by 4 and run data_parallel "
-            "(FBGEMM's sharded kernels need dim %% 4 == 0)",
-            len(odd),
-        )
-    topology = Topology(world_size=env.world_size, compute_device=env.device.type)
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    plan = planner.collective_plan(model, [_sharder()], dist.GroupMember.WORLD)
-    log.debug("sharding plan: %s", plan)
-    return plan
+def build_plan(model: torch.nn.Module, cfg: Config, env: DistEnv) -> ShardingPlan:
+    """Plan the tables of model.sparse_arch for this world (dlrm_dist.planning: rank 0
+    plans, every rank gets the plan or the same ConfigError); rank 0 logs the plan."""
+    result = planning.plan_for_config(
+        model,
+        cfg,
+        env.world_size,
+        env.device.type,
+        env.local_world_size,
+        device=env.device,
+        pg=dist.GroupMember.WORLD,
+    )
+    if env.rank == 0:
+        log.info("%s", planning.describe_plan(result))
+    return result.plan
 
 
 class _SingleRank(DataParallelWrapper):
@@ -193,12 +170,10 @@ class _SingleRank(DataParallelWrapper):
 # batch touches, as the reference's sparse gradients do). MLPs: the dense counterpart;
 # the reference's RWSAdagrad is elementwise Adagrad on dense gradients. eps are the
 # reference's torch defaults (FBGEMM's names; only eps is passed, the rest are defaults
-# both sides share).
+# both sides share). The classes live in planning, which sizes their state.
+_EPS = {"sgd": {}, "adagrad": {"eps": 1e-10}, "rwsadagrad": {"eps": 1e-10}, "adam": {}}
 _EMBEDDING_OPTIMIZERS = {
-    "sgd": (torch.optim.SGD, {}),
-    "adagrad": (torch.optim.Adagrad, {"eps": 1e-10}),
-    "rwsadagrad": (RowWiseAdagrad, {"eps": 1e-10}),
-    "adam": (torch.optim.Adam, {}),
+    name: (cls, _EPS[name]) for name, cls in planning.EMBEDDING_OPTIMIZERS.items()
 }
 _DENSE_OPTIMIZERS = {
     "sgd": (torch.optim.SGD, {}),

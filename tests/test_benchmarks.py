@@ -26,3 +26,18 @@ def test_cpu_benchmark_smoke_reports_identical_data_and_the_time_breakdown():
     assert len(breakdown) == 8 and breakdown[5].strip() == "20x"
     assert all(float(cell) > 0 for i, cell in enumerate(breakdown) if i not in (0, 5))
     assert "batch 0 identical" in out and "| yes |" in out
+
+
+def test_ranks_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/ranks_cpu.py", "--smoke", "--configs", "C"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| C |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 4 and cells[3].endswith("x")
+    assert float(cells[1].split()[0].replace(",", "")) > 0

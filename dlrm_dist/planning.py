@@ -1,0 +1,607 @@
+"""Planning the sharding: topology, per-table constraints, torchrec's planner, a readable plan.
+
+Pure functions of the config, the model's tables and the cluster's shape: nothing here
+needs a process group or the cluster's hardware, so `python -m dlrm_dist.plan` can plan
+64 GPUs on a laptop and the unit tests can check the arithmetic. torchrec's planner does
+the placement; what we add is the mapping from our config onto its inputs, errors that
+say what to change, and a summary a person can read.
+
+Per-table overrides (`[sharding.tables.NAME]`) take the table name (`t_cat_3`) or, since
+every table here has exactly one feature, that feature's name (`cat_3`).
+
+Memory is counted in GB of 2^30 bytes, as torchrec counts it (its 32 GB HBM default is
+32 * 2^30), so `--hbm-gb 141` means 141 * 2^30 bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec.distributed.collective_utils import invoke_on_rank_and_broadcast_result
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.constants import DDR_CAP, HBM_CAP
+from torchrec.distributed.planner.proposers import (
+    GreedyProposer,
+    GridSearchProposer,
+    UniformProposer,
+)
+from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+from torchrec.distributed.planner.types import (
+    HardwareConfig,
+    KernelConfig,
+    ParameterConstraints,
+    PlannerError,
+    ShardingOption,
+    Storage,
+    Topology,
+    TopologyFactory,
+    TrainerConfig,
+)
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.optim import RowWiseAdagrad
+
+from dlrm_dist.config import Config, ConfigError, DataConfig, ShardingConfig
+
+log = logging.getLogger("dlrm_dist")
+
+GB = 1024**3
+
+# What torchrec's EmbeddingBagCollectionSharder offers per device, restricted to the
+# choices our config can name (grid_shard, key_value, ssd kernels are left out).
+SHARDING_TYPES_BY_DEVICE = {
+    "cpu": ("table_wise", "column_wise", "table_column_wise", "data_parallel"),
+    "cuda": (
+        "table_wise",
+        "row_wise",
+        "column_wise",
+        "table_row_wise",
+        "table_column_wise",
+        "data_parallel",
+    ),
+}
+KERNELS_BY_DEVICE = {
+    "cpu": ("fused", "dense"),
+    "cuda": ("fused", "fused_uvm", "fused_uvm_caching", "dense"),
+}
+FUSED_KERNELS = ("fused", "fused_uvm", "fused_uvm_caching")
+
+# The optimizer fused into backward on the embeddings, per [optim] optimizer. The
+# planner sizes optimizer state from the parameter's `_optimizer_classes`: SGD adds
+# nothing, Adagrad one float per weight, row-wise Adagrad one per row, Adam two per weight.
+EMBEDDING_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rwsadagrad": RowWiseAdagrad,
+    "adam": torch.optim.Adam,
+}
+
+# torchrec's planner default: keep 15% of HBM free for what it does not model.
+RESERVED_HBM_FRACTION = 0.15
+# torchrec's default proposers walk every option of every table, and each proposal is
+# partitioned over all ranks: 800 proposals, 20 s for 128 ranks. Its greedy proposers
+# stop after this many feasible proposals without a better one (same plans on MLPerf's
+# tables at 8-128 ranks, 3x faster).
+PROPOSER_PATIENCE = 10
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """Per-rank capacities the planner packs into, and where each number came from."""
+
+    hbm_bytes: int
+    ddr_bytes: int
+    hbm_source: str
+    ddr_source: str
+
+
+@dataclass
+class PlanResult:
+    """A plan plus what it was planned against, enough to describe it without the planner."""
+
+    plan: ShardingPlan
+    options: list[ShardingOption]  # the planner's chosen options, with shard storage
+    tables: list[EmbeddingBagConfig]
+    topology: Topology
+    memory: MemorySpec
+    usable: Storage  # per rank, after torchrec's reservation (margin, dense, KJT)
+    batch_size_per_rank: int
+    optimizer: str
+
+
+def host_memory_bytes() -> int:
+    """Physical RAM of this host (no psutil dependency for one number)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_per_rank(
+    device_type: str,
+    cfg: ShardingConfig,
+    local_world_size: int,
+    device: torch.device | None = None,
+) -> MemorySpec:
+    """HBM: --hbm-gb, else the CUDA device's total memory, else torchrec's default (when
+    planning for GPUs this machine lacks). DDR: --ddr-gb, else this host's RAM shared by
+    its local ranks."""
+    if cfg.hbm_gb > 0:
+        hbm, hbm_source = int(cfg.hbm_gb * GB), "--hbm-gb"
+    elif device_type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
+        hbm, hbm_source = props.total_memory, f"detected {props.name}"
+    elif device_type == "cuda":
+        hbm, hbm_source = HBM_CAP, "torchrec's default; set --hbm-gb"
+    else:
+        hbm, hbm_source = 0, "none on cpu"
+    if cfg.ddr_gb > 0:
+        ddr, ddr_source = int(cfg.ddr_gb * GB), "--ddr-gb"
+    else:
+        try:
+            ddr = host_memory_bytes() // max(1, local_world_size)
+            ddr_source = f"this host's RAM / {local_world_size} local rank(s)"
+        except (ValueError, OSError):
+            ddr, ddr_source = DDR_CAP, "torchrec's default; set --ddr-gb"
+    return MemorySpec(hbm, ddr, hbm_source, ddr_source)
+
+
+def build_topology(
+    world_size: int, device_type: str, memory: MemorySpec, local_world_size: int
+) -> Topology:
+    """torchrec's recommended construction (TopologyFactory; a direct Topology warns). Our
+    numbers go in as the trainer's overrides, so they win over anything it would detect."""
+    return TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(
+            world_size=world_size,
+            local_world_size=local_world_size,
+            hbm_cap_bytes=memory.hbm_bytes if device_type == "cuda" else None,
+            ddr_cap_bytes=memory.ddr_bytes,
+        ),
+        hardware_config=HardwareConfig(),
+        kernel_config=KernelConfig(compute_device=device_type),
+    )
+
+
+def expected_pooling_factors(data: DataConfig, rows: Sequence[int]) -> list[float]:
+    """Mean indices per bag and table, which sizes the planner's input/output estimates.
+
+    multi_hot_sizes are exact, and so is num_indices_per_lookup when fixed. Otherwise a
+    bag has k = rint(max(1, u * c)) indices, u ~ U(0, 1), c = min(rows, num_indices_per_lookup),
+    so E[k] = (1.5 + 2 + ... + (c - 1) + c / 2) / c: k = 1 on u*c < 1.5, k = j on a band of
+    width 1, k = c on the last half band. random-fast keeps duplicate indices, so that is
+    exact there; the reference generator dedups each bag, so an upper estimate for it.
+    """
+    if data.multi_hot_sizes:
+        return [float(k) for k in data.multi_hot_sizes]
+    nipl = data.num_indices_per_lookup
+    if data.num_indices_per_lookup_fixed:
+        return [float(nipl)] * len(rows)
+    out = []
+    for n in rows:
+        c = min(n, nipl)
+        out.append(1.0 if c == 1 else (1.5 + sum(range(2, c)) + c / 2) / c)
+    return out
+
+
+def per_rank_batch_size(global_batch: int, world_size: int) -> int:
+    """The largest per-rank slice of a global batch, which is what memory must hold."""
+    return max(1, math.ceil(global_batch / world_size))
+
+
+def _resolve_overrides(
+    cfg: ShardingConfig, names: Sequence[str], features: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """Map override keys (table or feature names) onto table names; reject unknown ones."""
+    by_feature = {feature: table for table, feature in features.items()}
+    out: dict[str, dict[str, str]] = {}
+    for key, settings in cfg.tables.items():
+        table = key if key in names else by_feature.get(key)
+        if table is None:
+            raise ConfigError(
+                f"[sharding.tables.{key}] names no table; the tables are {_name_range(names)} "
+                f"(or name one by its feature: {_name_range(list(by_feature), 4)})"
+            )
+        if table in out:
+            raise ConfigError(
+                f"[sharding.tables] sets {table} twice (as {table} and its feature "
+                f"{features[table]}); keep one"
+            )
+        out[table] = dict(settings)
+    return out
+
+
+def _name_range(names: Sequence[str], most: int = 30) -> str:
+    return ", ".join(names) if len(names) <= most else f"{names[0]} .. {names[-1]}"
+
+
+def table_constraints(
+    tables: Sequence[EmbeddingBagConfig],
+    cfg: ShardingConfig,
+    device_type: str,
+    pooling_factors: Sequence[float],
+) -> dict[str, ParameterConstraints]:
+    """Per-table planner constraints from the config, checked against what the device runs.
+
+    `auto` leaves the choice to the planner among what the device supports; a forced
+    type or kernel applies to every table; [sharding.tables.*] wins per table. FBGEMM's
+    fused kernels need dim % 4 == 0, so other tables are replicated with the dense kernel:
+    a forced setting yields to that (with a note), an override contradicting it is an error.
+    """
+    names = [t.name for t in tables]
+    features = {t.name: t.feature_names[0] for t in tables}
+    overrides = _resolve_overrides(cfg, names, features)
+    out: dict[str, ParameterConstraints] = {}
+    replicated: list[str] = []
+    for table, pooling in zip(tables, pooling_factors):
+        types, kernels, yielded = _allowed(table, overrides.get(table.name, {}), cfg, device_type)
+        if yielded:
+            replicated.append(table.name)
+        out[table.name] = ParameterConstraints(
+            sharding_types=types, compute_kernels=kernels, pooling_factors=[float(pooling)]
+        )
+    if replicated:
+        log.info(
+            "note: %d table(s) (%s) have a dim not divisible by 4 and run data_parallel "
+            "with the dense kernel (FBGEMM's fused kernels need dim %% 4 == 0)",
+            len(replicated),
+            _name_range(replicated, 4),
+        )
+    return out
+
+
+def _allowed(
+    table: EmbeddingBagConfig, own: dict[str, str], cfg: ShardingConfig, device_type: str
+) -> tuple[list[str], list[str], bool]:
+    """(sharding types, kernels) one table may use, and whether a forced setting yielded
+    to the dim % 4 rule. `own` is the table's override."""
+    name = table.name
+    types_here = SHARDING_TYPES_BY_DEVICE[device_type]
+    kernels_here = KERNELS_BY_DEVICE[device_type]
+    stype = own.get("sharding_type", cfg.sharding_type)
+    kernel = own.get("compute_kernel", cfg.compute_kernel)
+    type_from = f"[sharding.tables.{name}]" if "sharding_type" in own else "--sharding-type"
+    kernel_from = f"[sharding.tables.{name}]" if "compute_kernel" in own else "--compute-kernel"
+    if stype != "auto" and stype not in types_here:
+        raise ConfigError(
+            f"table {name}: sharding_type {stype} (from {type_from}) needs CUDA; "
+            f"on {device_type.upper()} use one of " + " | ".join(types_here)
+        )
+    if kernel != "auto" and kernel not in kernels_here:
+        raise ConfigError(
+            f"table {name}: compute_kernel {kernel} (from {kernel_from}) needs CUDA; "
+            f"on {device_type.upper()} use one of " + " | ".join(kernels_here)
+        )
+    if table.embedding_dim % 4:
+        for key, value, src, want in (
+            ("sharding_type", stype, type_from, "data_parallel"),
+            ("compute_kernel", kernel, kernel_from, "dense"),
+        ):
+            if key in own and value not in ("auto", want):
+                raise ConfigError(
+                    f"table {name}: {key} {value} (from {src}) needs an embedding dim "
+                    f"divisible by 4 (FBGEMM's fused kernels), but its dim is "
+                    f'{table.embedding_dim}; set {key} = "{want}" for it'
+                )
+        yielded = stype not in ("auto", "data_parallel") or kernel not in ("auto", "dense")
+        return ["data_parallel"], ["dense"], yielded
+    replicate = stype == "data_parallel" or kernel == "dense"
+    if replicate and (stype not in ("auto", "data_parallel") or kernel in FUSED_KERNELS):
+        # torchrec replicates only with its dense kernel and shards only with fused ones;
+        # the table's own setting wins over a global one, two of a kind are an error
+        if "sharding_type" in own and "compute_kernel" not in own:
+            kernel = "auto"
+        elif "compute_kernel" in own and "sharding_type" not in own:
+            stype = "auto"
+        else:
+            raise ConfigError(
+                f"table {name}: sharding_type {stype} (from {type_from}) and "
+                f"compute_kernel {kernel} (from {kernel_from}) do not go together: "
+                "data_parallel runs only with dense, every other type only with "
+                + " | ".join(k for k in kernels_here if k != "dense")
+            )
+    if stype != "auto":
+        types = [stype]
+    elif kernel == "dense":
+        types = ["data_parallel"]
+    else:
+        types = [t for t in types_here if kernel == "auto" or t != "data_parallel"]
+    if kernel != "auto":
+        return types, [kernel], False
+    # the kernels that run the allowed types: dense replicates, fused ones shard
+    sharded = types != ["data_parallel"]
+    kernels = [
+        k
+        for k in kernels_here
+        if (k == "dense" and "data_parallel" in types) or (k != "dense" and sharded)
+    ]
+    return types, kernels, False
+
+
+@contextmanager
+def _optimizer_hint(module: nn.Module, optimizer: str) -> Iterator[None]:
+    """Tell the planner which optimizer the tables will carry, for the duration of planning.
+
+    torchrec's storage estimator reads `param._optimizer_classes`, which
+    apply_optimizer_in_backward sets; we plan before that runs, and its sharder accepts
+    exactly one optimizer per parameter, so the hint is removed again afterwards.
+    Parameters that already carry an optimizer keep theirs.
+    """
+    tagged = []
+    for param in module.parameters():
+        if not hasattr(param, "_optimizer_classes"):
+            param._optimizer_classes = [EMBEDDING_OPTIMIZERS[optimizer]]
+            tagged.append(param)
+    try:
+        yield
+    finally:
+        for param in tagged:
+            del param._optimizer_classes
+
+
+def embedding_tables(model: nn.Module) -> list[EmbeddingBagConfig]:
+    return list(model.sparse_arch.embedding_bag_collection.embedding_bag_configs())
+
+
+def plan_sharding(
+    model: nn.Module,
+    topology: Topology,
+    memory: MemorySpec,
+    constraints: dict[str, ParameterConstraints],
+    batch_size_per_rank: int,
+    optimizer: str,
+    pg: torch.distributed.ProcessGroup | None = None,
+) -> PlanResult:
+    """Run torchrec's planner; with a process group, on rank 0 with the result broadcast.
+
+    Not `collective_plan`: when rank 0's planner fails there, the other ranks wait in the
+    broadcast forever. Here the failure itself is broadcast, and every rank raises the
+    same ConfigError.
+    """
+    tables = embedding_tables(model)
+    reservation = HeuristicalStorageReservation(percentage=RESERVED_HBM_FRACTION)
+    planner = EmbeddingShardingPlanner(
+        topology=topology,
+        batch_size=batch_size_per_rank,
+        storage_reservation=reservation,
+        proposer=[
+            GridSearchProposer(),
+            GreedyProposer(threshold=PROPOSER_PATIENCE),
+            GreedyProposer(use_depth=False, threshold=PROPOSER_PATIENCE),
+            UniformProposer(),
+        ],
+        constraints=constraints,
+        stats=[],  # describe_plan below is the summary; skip torchrec's long table
+        debug=False,
+    )
+    ebc = model.sparse_arch.embedding_bag_collection
+    sharders = [EmbeddingBagCollectionSharder()]
+
+    def run() -> ShardingPlan | str:
+        try:
+            with _optimizer_hint(ebc, optimizer):
+                return planner.plan(model, sharders)
+        except PlannerError as exc:
+            return _explain_failure(planner, reservation, tables, topology, exc)
+
+    out = run() if pg is None else invoke_on_rank_and_broadcast_result(pg, 0, run)
+    if isinstance(out, str):
+        raise ConfigError(out)
+    reserved = reservation.last_reserved_topology
+    usable = reserved.devices[0].storage if reserved else topology.devices[0].storage
+    return PlanResult(
+        plan=out,
+        options=planner.get_selected_options(),
+        tables=tables,
+        topology=topology,
+        memory=memory,
+        usable=usable,
+        batch_size_per_rank=batch_size_per_rank,
+        optimizer=optimizer,
+    )
+
+
+def plan_for_config(
+    model: nn.Module,
+    cfg: Config,
+    world_size: int,
+    device_type: str,
+    local_world_size: int,
+    device: torch.device | None = None,
+    batch_size_per_rank: int = 0,
+    pg: torch.distributed.ProcessGroup | None = None,
+) -> PlanResult:
+    """Config -> plan, the one path the trainer and `python -m dlrm_dist.plan` share, so
+    the plan printed for a cluster is the plan that cluster would train with.
+    batch_size_per_rank 0 = the largest per-rank slice of the global batch."""
+    if device_type not in SHARDING_TYPES_BY_DEVICE:
+        raise ConfigError(f"device {device_type!r}: plan for cpu or cuda")
+    memory = memory_per_rank(device_type, cfg.sharding, local_world_size, device)
+    topology = build_topology(world_size, device_type, memory, local_world_size)
+    tables = embedding_tables(model)
+    pooling = expected_pooling_factors(cfg.data, [t.num_embeddings for t in tables])
+    constraints = table_constraints(tables, cfg.sharding, device_type, pooling)
+    batch = batch_size_per_rank or per_rank_batch_size(cfg.data.mini_batch_size, world_size)
+    return plan_sharding(model, topology, memory, constraints, batch, cfg.optim.optimizer, pg=pg)
+
+
+def _tier(topology: Topology) -> str:
+    return "hbm" if topology.compute_device == "cuda" else "ddr"
+
+
+def _explain_failure(
+    planner: EmbeddingShardingPlanner,
+    reservation: HeuristicalStorageReservation,
+    tables: list[EmbeddingBagConfig],
+    topology: Topology,
+    exc: PlannerError,
+) -> str:
+    """One line: which table(s) cannot be placed, what they need against what a rank
+    has, and what to change. torchrec's own message is a page of planner internals."""
+    world, cuda = topology.world_size, topology.compute_device == "cuda"
+    cap = topology.devices[0].storage
+    reserved = reservation.last_reserved_topology
+    if reserved is None:  # torchrec's reservation alone exceeds a rank's HBM
+        dense = getattr(reservation, "_dense_storage", None)
+        kjt = getattr(reservation, "_kjt_storage", None)
+        held = (
+            f"{RESERVED_HBM_FRACTION:.0%} margin + {dense.hbm / GB:.2f} GB dense parameters "
+            f"+ {kjt.hbm / GB:.2f} GB input batches"
+            if dense and kjt
+            else "margin, dense parameters and input batches"
+        )
+        return (
+            f"no HBM left for the embeddings: torchrec reserves {held} of each rank's "
+            f"{cap.hbm / GB:.1f} GB; raise --hbm-gb or lower the batch per rank "
+            "(--mini-batch-size, more ranks)"
+        )
+    space = planner.get_search_space() or []
+    usable = reserved.devices[0].storage
+    uvm = any(o.compute_kernel.startswith("fused_uvm") for o in space)  # tables in DDR
+    if not cuda:
+        fixes = f"raise --ddr-gb (now {cap.ddr / GB:.1f})"
+        where = f"a rank has {usable.ddr / GB:.2f} GB DDR usable"
+    elif uvm:
+        fixes = f"raise --hbm-gb (now {cap.hbm / GB:.1f}) or --ddr-gb (now {cap.ddr / GB:.1f})"
+        where = f"a rank has {usable.hbm / GB:.2f} GB HBM and {usable.ddr / GB:.2f} GB DDR usable"
+    else:
+        fixes = f"raise --hbm-gb (now {cap.hbm / GB:.1f})"
+        where = f"a rank has {usable.hbm / GB:.2f} GB HBM usable"
+    fixes += f", use more ranks (now {world})"
+    if cuda and not uvm:
+        fixes += ", or keep tables in host memory: --compute-kernel=fused_uvm_caching"
+    if not space:
+        return f"cannot plan the embeddings: {str(exc).splitlines()[0]}; {where}; {fixes}"
+    # per table, the option closest to fitting: the least its largest shard overflows
+    closest: dict[str, tuple[int, str]] = {}
+    for option in space:
+        hbm = max(shard.storage.hbm for shard in option.shards)
+        ddr = max(shard.storage.ddr for shard in option.shards)
+        over_hbm, over_ddr = hbm - usable.hbm, ddr - usable.ddr
+        need = (f"{hbm / GB:.2f} GB HBM" if over_hbm >= over_ddr else f"{ddr / GB:.2f} GB DDR") + (
+            f" ({option.compute_kernel})" if cuda else ""
+        )
+        over = max(over_hbm, over_ddr)
+        if option.name not in closest or over < closest[option.name][0]:
+            closest[option.name] = (over, need)
+    too_big = [t for t in tables if t.name in closest and closest[t.name][0] > 0]
+    if too_big:
+        listed = ", ".join(
+            f"{t.name} ({t.num_embeddings} x {t.embedding_dim}) needs {closest[t.name][1]}"
+            for t in too_big[:3]
+        )
+        if len(too_big) > 3:
+            listed += ", and " + ", ".join(t.name for t in too_big[3:])
+        return f"cannot fit on one rank: {listed}; {where}; {fixes}"
+    tier = "hbm" if cuda else "ddr"
+    need = sum(
+        min(sum(getattr(s.storage, tier) for s in o.shards) for o in space if o.name == t.name)
+        for t in tables
+        if t.name in closest
+    )
+    return (
+        f"cannot place all {len(closest)} tables together: they need at least "
+        f"{need / GB:.2f} GB {tier.upper()} in all, {world} ranks have "
+        f"{world * getattr(usable, tier) / GB:.2f} GB ({where}); {fixes}"
+    )
+
+
+def _compact_ranks(ranks: Sequence[int]) -> str:
+    """[0, 1, 2, 3, 7, 9, 10] -> '0-3,7,9-10'."""
+    ranks = sorted(set(ranks))
+    parts, start = [], None
+    for i, r in enumerate(ranks):
+        if start is None:
+            start = r
+        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
+            parts.append(str(r) if r == start else f"{start}-{r}")
+            start = None
+    return ",".join(parts)
+
+
+def describe_plan(result: PlanResult) -> str:
+    """The plan as a person checks it: where each table went and what each rank holds.
+
+    Memory is the planner's own per-shard estimate (the numbers it packed with): weights,
+    optimizer state and the shard's input/output buffers.
+    """
+    topo, mem = result.topology, result.memory
+    world, device = topo.world_size, topo.compute_device
+    by_table = {o.name: o for o in result.options}
+    hbm = [0] * world
+    ddr = [0] * world
+    lines = [
+        f"Sharding plan: {len(result.tables)} tables on {world} {device} rank(s); "
+        f"per rank: batch {result.batch_size_per_rank}, "
+        + (f"HBM {mem.hbm_bytes / GB:.1f} GB ({mem.hbm_source}), " if device == "cuda" else "")
+        + f"DDR {mem.ddr_bytes / GB:.1f} GB ({mem.ddr_source}); "
+        f"optimizer {result.optimizer}",
+    ]
+    header = ("table", "rows x dim", "sharding", "kernel", "ranks", "HBM GB/rank", "DDR GB/rank")
+    rows = []
+    for table in result.tables:
+        option = by_table[table.name]
+        t_hbm: dict[int, int] = {}
+        t_ddr: dict[int, int] = {}
+        for shard in option.shards:
+            t_hbm[shard.rank] = t_hbm.get(shard.rank, 0) + shard.storage.hbm
+            t_ddr[shard.rank] = t_ddr.get(shard.rank, 0) + shard.storage.ddr
+        for rank in t_hbm:
+            hbm[rank] += t_hbm[rank]
+            ddr[rank] += t_ddr[rank]
+        rows.append(
+            (
+                table.name,
+                f"{table.num_embeddings} x {table.embedding_dim}",
+                option.sharding_type,
+                option.compute_kernel,
+                _compact_ranks([s.rank for s in option.shards]),
+                f"{max(t_hbm.values()) / GB:.3f}",
+                f"{max(t_ddr.values()) / GB:.3f}",
+            )
+        )
+    lines += _table(header, rows, right=(5, 6))
+    lines.append("")
+    groups: list[tuple[list[int], str, str]] = []
+    for rank in range(world):
+        cells = (f"{hbm[rank] / GB:.3f}", f"{ddr[rank] / GB:.3f}")
+        if groups and groups[-1][0][-1] == rank - 1 and groups[-1][1:] == cells:
+            groups[-1][0].append(rank)
+        else:
+            groups.append(([rank], *cells))
+    lines += _table(
+        ("ranks", "HBM GB", "DDR GB"),
+        [(_compact_ranks(r), h, d) for r, h, d in groups],
+        right=(1, 2),
+    )
+    tier = _tier(topo)
+    peak = max(hbm if tier == "hbm" else ddr)
+    usable = getattr(result.usable, tier)
+    margin = f"{RESERVED_HBM_FRACTION:.0%} margin, " if tier == "hbm" else ""
+    lines.append(
+        f"peak rank: {peak / GB:.2f} of {usable / GB:.2f} GB {tier.upper()} usable "
+        f"after torchrec's reservation ({margin}dense parameters, input batches)"
+    )
+    lines.append(
+        "memory: the planner's estimates per shard (weights + optimizer state + "
+        "input/output buffers); GB = 2^30 bytes"
+    )
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int]) -> list:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [fmt(header), *(fmt(r) for r in rows)]
