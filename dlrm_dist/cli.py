@@ -64,6 +64,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "debug-mode": ("train", "debug_mode"),
     "threads": ("train", "threads"),
     "progress-bar": ("train", "progress_bar"),
+    "pipeline": ("train", "pipeline"),
     "use-gpu": ("train", "use_gpu"),
     "dist-backend": ("train", "dist_backend"),
 }

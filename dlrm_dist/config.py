@@ -112,6 +112,11 @@ class TrainConfig:
     debug_mode: bool = _f(False, "print arch, data and parameters like the reference")
     threads: int = _f(0, "torch threads per rank; 0 = cores / local ranks")
     progress_bar: bool = _f(True, "show a progress bar when stdout is a terminal")
+    pipeline: bool = _f(
+        True,
+        "overlap the next batch's input all-to-all with this step (TrainPipelineSparseDist); "
+        "not with --data-generation=random or --debug-mode, whose batches share one stream",
+    )
     use_gpu: bool = _f(False, "train on CUDA (each rank on its LOCAL_RANK device)")
     dist_backend: str = _f("", "process-group backend; empty = nccl on CUDA, gloo on CPU")
 

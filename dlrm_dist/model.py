@@ -132,6 +132,21 @@ class DLRM(nn.Module):
         return torch.clamp(p, min=t, max=1.0 - t) if 0.0 < t < 1.0 else p
 
 
+class DLRMTrain(DLRM):
+    """DLRM with its loss, called on a torchrec Batch: (loss, (loss detached, (B,)
+    predictions)). The form TrainPipelineSparseDist drives, and the one module the
+    trainer shards; a subclass, so parameter names stay DLRM's."""
+
+    def __init__(self, arch: Arch, cfg: ModelConfig, device: torch.device | str = "meta"):
+        super().__init__(arch, cfg, device)
+        self.loss_fn = make_loss(cfg)
+
+    def forward(self, batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        p = super().forward(batch.dense_features, batch.sparse_features)
+        loss = self.loss_fn(p, batch.labels)
+        return loss, (loss.detach(), p.detach())
+
+
 def parameter_order(arch: Arch) -> list[str]:
     """Our parameter names in the reference's `dlrm.parameters()` order."""
     names = [

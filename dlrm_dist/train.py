@@ -6,6 +6,7 @@ environment; run directly, it brings up a one-rank group and takes the same path
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -22,7 +23,7 @@ from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData
 from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
 from dlrm_dist.init import reference_init
 from dlrm_dist.lr_policy import LRPolicy
-from dlrm_dist.model import DLRM, Arch, derive_arch, make_loss, parameter_order
+from dlrm_dist.model import Arch, DLRMTrain, derive_arch, parameter_order
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RunResult:
     seconds: float = 0.0  # training, evaluation excluded
     data_seconds: float = 0.0  # of which waiting for batches (data generation)
     final_weights: dict[str, np.ndarray] | None = None
+    pipelined: bool = False  # trained through TrainPipelineSparseDist
 
 
 def make_data(
@@ -89,7 +91,7 @@ def usable_batches(data, world_size: int) -> int:
 def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.RandomState):
     """Model with the reference's initial weights, sharded; and its optimizer."""
     weights = reference_init(rs, arch)
-    model = DLRM(arch, cfg.model, device="meta")
+    model = DLRMTrain(arch, cfg.model, device="meta")
     plan = distributed.build_plan(model, cfg, env)
     dmp = distributed.shard(model, plan, env, cfg.optim)
     distributed.load_full_weights(dmp, weights)
@@ -98,7 +100,7 @@ def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.Rando
 
 
 @torch.no_grad()
-def evaluate(model, data, loss_fn, device, num_batches: int) -> dict[str, float]:
+def evaluate(model, data, device, num_batches: int) -> dict[str, float]:
     """Loss (sample-weighted mean), accuracy (round(p) == t) and, for 0/1 targets, AUC,
     over the whole evaluation set: every rank's slice, gathered."""
     model.eval()
@@ -107,8 +109,8 @@ def evaluate(model, data, loss_fn, device, num_batches: int) -> dict[str, float]
         if i >= num_batches:
             break
         batch = batch.to(device)
-        p = model(batch.dense_features, batch.sparse_features)
-        total_loss += loss_fn(p, batch.labels).item() * batch.labels.numel()
+        loss, (_, p) = model(batch)
+        total_loss += loss.item() * batch.labels.numel()
         preds.append(p.float())
         targets.append(batch.labels)
     model.train()
@@ -123,6 +125,73 @@ def evaluate(model, data, loss_fn, device, num_batches: int) -> dict[str, float]
 
         out["auc"] = binary_auroc(p, t.long()).item()
     return out
+
+
+class _Batches:
+    """The epochs' batches in order, moved to the device, with the time spent waiting
+    for them (data generation): the pipeline pulls batches itself, so we time here."""
+
+    def __init__(self, data, nbatches: int, nepochs: int, device: torch.device) -> None:
+        self.device, self.wait = device, 0.0
+        # islice: a batch past nbatches (a partial one the ranks cannot split) is not drawn
+        self._it = itertools.chain.from_iterable(
+            itertools.islice(data, nbatches) for _ in range(nepochs)
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self._it).to(self.device)
+        finally:
+            self.wait += time.perf_counter() - start
+
+
+class Stepper:
+    """How a training step runs, chosen in one place. TrainPipelineSparseDist overlaps the
+    next batch's input all-to-all with this step; it pulls batches ahead, so not for the
+    reference's `random` data or debug mode, whose batches are drawn from the stream the
+    evaluation data and the printouts share (pulling ahead would reorder the draws).
+    Both ways run the same math in the same order: zero_grad (which also hands the lr to
+    the fused kernels), forward, backward (the fused optimizers update the tables),
+    optimizer step."""
+
+    def __init__(self, model, optimizer, cfg: Config, env: distributed.DistEnv) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.pipelined = (
+            cfg.train.pipeline and cfg.data.generation != "random" and not cfg.train.debug_mode
+        )
+        self.pipeline = None
+        if self.pipelined:
+            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+            self.pipeline = TrainPipelineSparseDist(
+                model, optimizer, env.device, execute_all_batches=True
+            )
+
+    def step(self, batches: _Batches) -> torch.Tensor:
+        """One step on the next batch; its (detached) loss."""
+        if self.pipeline is not None:
+            return self.pipeline.progress(batches)[0]
+        batch = next(batches)
+        self.optimizer.zero_grad()
+        loss, _ = self.model(batch)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def evaluate(self, data, device, num_batches: int) -> dict[str, float]:
+        """Evaluation needs the model's own forward back: the pipeline swaps in one that
+        reads its prefetched batches. Its in-flight batches wait and resume after."""
+        if self.pipeline is None:
+            return evaluate(self.model, data, device, num_batches)
+        model = self.pipeline.detach()
+        try:
+            return evaluate(model, data, device, num_batches)
+        finally:
+            self.pipeline.attach(model)
 
 
 def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunResult:
@@ -155,43 +224,35 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
         cfg.optim.lr_decay_start_step,
         cfg.optim.lr_num_decay_steps,
     )
-    loss_fn = make_loss(cfg.model)
     result = RunResult()
+    stepper = Stepper(model, optimizer, cfg, env)
+    result.pipelined = stepper.pipelined
+    batches = _Batches(train_data, nbatches, cfg.train.nepochs, env.device)
     out.start(nbatches * cfg.train.nepochs, env, cfg)
     best_acc = 0.0
     step = 0
     for epoch in range(cfg.train.nepochs):
-        fetch_start = time.perf_counter()
-        for j, batch in enumerate(train_data):
-            if j >= nbatches:
-                break
-            batch = batch.to(env.device)
-            t1 = time.perf_counter()
+        for j in range(nbatches):
+            t0, wait0 = time.perf_counter(), batches.wait
             step += 1
             lr = lr_policy.set_step(step)
-            optimizer.zero_grad()  # also hands the lr to the fused embedding kernels
-            loss = loss_fn(model(batch.dense_features, batch.sparse_features), batch.labels)
-            loss.backward()
-            optimizer.step()
-            value = distributed.global_mean(loss)
-            t2 = time.perf_counter()
+            value = distributed.global_mean(stepper.step(batches))
+            waited = batches.wait - wait0
             result.losses.append(value)
             out.iteration(
-                value, batch.labels.numel() * env.world_size, t1 - fetch_start, t2 - t1, lr
+                value, train_data.batch_size(j), waited, time.perf_counter() - t0 - waited, lr
             )
-            fetch_start = t2
             last = j + 1 == nbatches
             test = cfg.train.test_freq > 0 and ((j + 1) % cfg.train.test_freq == 0 or last)
             if (j + 1) % cfg.train.print_freq == 0 or last or test:
                 out.log_train(j + 1, nbatches, epoch)
             if test:
                 eval_start = time.perf_counter()
-                metrics = evaluate(model, test_data, loss_fn, env.device, min(nbatches, ntest))
+                metrics = stepper.evaluate(test_data, env.device, min(nbatches, ntest))
                 best_acc = max(best_acc, metrics["accuracy"])
                 result.evals.append(metrics)
                 out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
                 out.eval_seconds += time.perf_counter() - eval_start
-                fetch_start = time.perf_counter()
     result.samples, result.seconds = out.finish()
     result.data_seconds = out.wait
     result.final_weights = distributed.gather_full_weights(model, names)

@@ -49,6 +49,7 @@ def train_entry(argv: list[str]) -> dict[str, Any]:
         "evals": result.evals,
         "weights": result.final_weights,
         "samples": result.samples,
+        "pipelined": result.pipelined,
     }
 
 

@@ -29,27 +29,40 @@ BASE = [
 ]
 SHARDINGS = ["table_wise", "column_wise", "table_column_wise", "data_parallel"]
 OPTIMIZERS = ["sgd", "adagrad"]
-# random-fast: each rank draws its slice; random: the reference's stream, sliced
-CASES = [(s, o, "random-fast") for s, o in itertools.product(SHARDINGS, OPTIMIZERS)]
-CASES += [("table_wise", "rwsadagrad", "random-fast"), ("column_wise", "sgd", "random")]
+# random-fast: each rank draws its slice (pipelined); random: the reference's stream,
+# sliced (plain loop); and random-fast with the plain loop
+CASES = [(s, o, "random-fast", True) for s, o in itertools.product(SHARDINGS, OPTIMIZERS)]
+CASES += [
+    ("table_wise", "rwsadagrad", "random-fast", True),
+    ("column_wise", "sgd", "random", True),
+    ("table_wise", "adagrad", "random-fast", False),
+    ("column_wise", "sgd", "random-fast", False),
+]
+
+
+def _argv(sharding: str, optimizer: str, generation: str, pipeline: bool) -> list[str]:
+    return [
+        *BASE,
+        f"--sharding-type={sharding}",
+        f"--optimizer={optimizer}",
+        f"--data-generation={generation}",
+        f"--pipeline={pipeline}",
+    ]
 
 
 @pytest.fixture(scope="module")
 def parity_runs():
-    argvs = [
-        [*BASE, f"--sharding-type={s}", f"--optimizer={o}", f"--data-generation={g}"]
-        for s, o, g in CASES
-    ]
+    argvs = [_argv(*case) for case in CASES]
     one = launch(1, train_many, argvs)[0]
     two = launch(2, train_many, argvs)
     return one, two
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize(("sharding", "optimizer", "generation"), CASES)
-def test_two_ranks_train_like_one(parity_runs, sharding, optimizer, generation):
+@pytest.mark.parametrize(("sharding", "optimizer", "generation", "pipeline"), CASES)
+def test_two_ranks_train_like_one(parity_runs, sharding, optimizer, generation, pipeline):
     one, two = parity_runs
-    i = CASES.index((sharding, optimizer, generation))
+    i = CASES.index((sharding, optimizer, generation, pipeline))
     ref, rank0, rank1 = one[i], two[0][i], two[1][i]
     assert len(ref["losses"]) == 12
     np.testing.assert_allclose(rank0["losses"], ref["losses"], rtol=1e-5, atol=1e-7)
@@ -61,6 +74,23 @@ def test_two_ranks_train_like_one(parity_runs, sharding, optimizer, generation):
         assert got.keys() == want.keys() == {"loss", "accuracy", "auc"}
         for key in want:
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize(
+    ("sharding", "optimizer"), [("table_wise", "adagrad"), ("column_wise", "sgd")]
+)
+def test_the_pipeline_trains_like_the_plain_loop(parity_runs, sharding, optimizer):
+    one, two = parity_runs
+    piped = CASES.index((sharding, optimizer, "random-fast", True))
+    plain = CASES.index((sharding, optimizer, "random-fast", False))
+    for runs in (one, two[0]):
+        assert runs[piped]["pipelined"] and not runs[plain]["pipelined"]
+        np.testing.assert_allclose(runs[piped]["losses"], runs[plain]["losses"], rtol=1e-6)
+        for name, want in runs[plain]["weights"].items():
+            np.testing.assert_allclose(runs[piped]["weights"][name], want, rtol=1e-6, atol=1e-7)
+        for got, want in zip(runs[piped]["evals"], runs[plain]["evals"], strict=True):
+            assert got == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.timeout(200)
