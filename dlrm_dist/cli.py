@@ -84,7 +84,9 @@ UNSUPPORTED = (
 ).split()
 
 
-class _Parser(argparse.ArgumentParser):
+class RaisingParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of exiting: only main() exits."""
+
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
 
@@ -98,7 +100,7 @@ class _Unsupported(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = RaisingParser(
         prog="python -m dlrm_dist.train",
         description="Train Deep Learning Recommendation Model (DLRM) on TorchRec. "
         "Takes the reference dlrm_s_pytorch.py flags; precedence: flags > --config > defaults.",

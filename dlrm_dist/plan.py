@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str]) -> tuple[argparse.Namespace, Config]:
     """argv -> (the cluster flags with device and local world size resolved, the trainer's
     config); raises ConfigError."""
-    own = cli._Parser(add_help=False, allow_abbrev=False)
+    own = cli.RaisingParser(add_help=False, allow_abbrev=False)
     _add_plan_flags(own)
     ns, rest = own.parse_known_args(argv)
     if ns.world_size < 1 or ns.local_world_size < 0 or ns.batch_size_per_rank < 0:
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         ns, cfg = parse(argv)
-        from dlrm_dist.train import _quiet_libraries
+        from dlrm_dist.train import quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries()
         print(plan_text(ns, cfg))
     except ConfigError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

@@ -275,7 +275,7 @@ def run(cfg: Config) -> RunResult:
             distributed.close_distributed()
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """torch/torchrec warn about internals users cannot act on; keep the log readable."""
     for category in (UserWarning, FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
@@ -287,7 +287,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     try:
         cfg = parse_args(argv)
         run(cfg)
