@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 import time
 import warnings
@@ -205,6 +206,11 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
     test_data = make_data(cfg, arch, rs, True, env.rank, env.world_size)
     nbatches = distributed.agree_num_batches(usable_batches(train_data, env.world_size))
     ntest = distributed.agree_num_batches(usable_batches(test_data, env.world_size))
+    if nbatches == 0:
+        raise ConfigError(
+            f"no batch to train on: {train_data.batch_size(0)} sample(s) cannot be split over "
+            f"{env.world_size} ranks; raise --data-size or --num-batches"
+        )
     if nbatches < len(train_data):
         out.print(
             f"note: training on {nbatches} of {len(train_data)} batches per epoch: "
@@ -292,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_args(argv)
         run(cfg)
     except ConfigError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        # every rank of a job raises the same ConfigError (config checks are the same
+        # everywhere, and a planning failure is broadcast): one line, from rank 0
+        if os.environ.get("RANK", "0") == "0":
+            print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)

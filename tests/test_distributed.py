@@ -11,6 +11,7 @@ import pytest
 
 from dlrm_dist import distributed
 from dlrm_dist.config import ConfigError
+from dlrm_dist.train import main
 from tests.multiprocess import agree_entry, launch, train_many
 
 BASE = [
@@ -117,6 +118,26 @@ def test_four_rank_smoke_run():
     assert all(row == losses[0] for row in losses)
     assert len(losses[0]) == 12 and np.isfinite(losses[0]).all()
     assert four[0][0]["weights"] is not None and four[1][0]["weights"] is None
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--mini-batch-size=3", "--num-batches=2"],  # the world does not divide the batch
+        ["--mini-batch-size=4", "--data-size=1"],  # no batch the ranks can split
+        [
+            "--sharding-type=row_wise",  # needs CUDA
+            "--arch-sparse-feature-size=4",
+            "--arch-mlp-bot=4-4",
+            "--mini-batch-size=4",
+            "--num-batches=2",
+        ],
+    ],
+    ids=["batch", "no-batch", "row-wise-on-cpu"],
+)
+def test_bad_input_under_two_ranks_exits_2_on_every_rank(argv):
+    assert launch(2, main, argv) == {0: 2, 1: 2}
 
 
 def test_a_batch_the_world_does_not_divide_is_a_clear_error():
