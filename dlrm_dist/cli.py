@@ -67,8 +67,18 @@ FLAGS: dict[str, tuple[str, str]] = {
     "pipeline": ("train", "pipeline"),
     "use-gpu": ("train", "use_gpu"),
     "dist-backend": ("train", "dist_backend"),
+    "checkpoint-dir": ("checkpoint", "dir"),
+    "checkpoint-every": ("checkpoint", "every"),
+    "keep-last": ("checkpoint", "keep_last"),
+    "resume": ("checkpoint", "resume"),
+    "run-dir": ("metrics", "run_dir"),
+    "enable-profiling": ("metrics", "enable_profiling"),
+    "profile-start": ("metrics", "profile_start"),
+    "profile-steps": ("metrics", "profile_steps"),
 }
 FLAG_FOR = {target: flag for flag, target in FLAGS.items()}
+# The reference's names for settings that have a flag of our own (shown in --help).
+ALIASES = {"save-model": "checkpoint-dir", "load-model": "resume"}
 
 # Reference flags that dlrm_dist does not implement yet.
 UNSUPPORTED = (
@@ -78,7 +88,7 @@ UNSUPPORTED = (
     "md-flag md-threshold md-temperature md-round-dims qr-flag qr-threshold "
     "qr-operation qr-collisions weighted-pooling inference-only quantize-mlp-with-bit "
     "quantize-emb-with-bit save-onnx use-ipex local_rank "
-    "enable-profiling plot-compute-graph tensor-board-filename save-model load-model "
+    "plot-compute-graph tensor-board-filename "
     "mlperf-logging mlperf-acc-threshold mlperf-auc-threshold mlperf-bin-loader "
     "mlperf-bin-shuffle mlperf-grad-accum-iter lr-scheduler"
 ).split()
@@ -119,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         parser.add_argument(f"--{flag}", **kwargs)
+    for alias, flag in ALIASES.items():
+        section, key = FLAGS[flag]
+        help_ = f"the reference's name for --{flag} (a sharded checkpoint, not one file)"
+        parser.add_argument(f"--{alias}", dest=f"{section}.{key}", metavar="PATH", help=help_)
     for flag in UNSUPPORTED:
         parser.add_argument(f"--{flag}", nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
     return parser

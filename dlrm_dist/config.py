@@ -8,6 +8,7 @@ Every field carries a one-line doc (`doc` metadata), used by `--help`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -122,12 +123,38 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    dir: str = _f(
+        "", "directory the sharded checkpoints go to (one step-N folder each); empty = none"
+    )
+    every: int = _f(0, "save every N steps, and at the end; 0 = only at the end")
+    keep_last: int = _f(0, "after a save, delete all but the newest K checkpoints; 0 = keep all")
+    resume: str = _f(
+        "",
+        "empty = start fresh | auto = the newest complete checkpoint in --checkpoint-dir "
+        "(fresh if none) | PATH = that checkpoint, or the newest in that directory",
+    )
+
+
+@dataclass
+class MetricsConfig:
+    run_dir: str = _f("", "write metrics.jsonl and TensorBoard events here (rank 0); empty = none")
+    enable_profiling: bool = _f(
+        False, "write a PyTorch profiler trace (Chrome/TensorBoard) to <run-dir>/profile"
+    )
+    profile_start: int = _f(5, "profiling: first step traced (after warm-up)")
+    profile_steps: int = _f(5, "profiling: steps traced")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -136,6 +163,8 @@ SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "sharding": ShardingConfig,
     "train": TrainConfig,
+    "checkpoint": CheckpointConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -312,6 +341,9 @@ def validate(cfg: Config) -> Config:
         ("optim", "lr_decay_start_step"),
         ("optim", "lr_num_decay_steps"),
         ("train", "threads"),
+        ("checkpoint", "every"),
+        ("checkpoint", "keep_last"),
+        ("metrics", "profile_start"),
     ]
     for section, key in nonneg:
         if getattr(getattr(cfg, section), key) < 0:
@@ -366,6 +398,18 @@ def validate(cfg: Config) -> Config:
             "Learning rate warmup must finish before the decay starts: set "
             "--lr-decay-start-step >= --lr-num-warmup-steps"
         )
+    mt = cfg.metrics
+    if mt.enable_profiling and not mt.run_dir:
+        raise ConfigError("--enable-profiling needs --run-dir (where the trace goes)")
+    if mt.profile_steps < 1:
+        raise ConfigError("--profile-steps must be at least 1")
+    ck = cfg.checkpoint
+    if not ck.dir:
+        for key, bad in (("every", ck.every > 0), ("keep_last", ck.keep_last > 0)):
+            if bad:
+                raise ConfigError(f"--{flag_name('checkpoint', key)} needs --checkpoint-dir")
+        if ck.resume == "auto":
+            raise ConfigError("--resume=auto needs --checkpoint-dir (where to look)")
     return cfg
 
 
@@ -378,3 +422,32 @@ def flag_name(section: str, key: str) -> str:
 
 def field_docs(section: str) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(SECTIONS[section])}
+
+
+def to_toml(cfg: Config) -> str:
+    """cfg as a TOML file that `--config` reads back to the same settings (tomllib only
+    reads TOML, so we write this small subset ourselves)."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        values = dataclasses.asdict(getattr(cfg, section))
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for key, tables in values.items():
+            if isinstance(tables, dict):
+                for name, settings in tables.items():
+                    lines.append(f"[{section}.{key}.{json.dumps(name, ensure_ascii=False)}]")
+                    lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # floats round-trip; inf and nan are TOML too
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # its escapes are TOML's
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover

@@ -1,155 +1,102 @@
-"""What rank 0 prints: the reference's lines (same text shape), throughput, a progress bar.
-
-Only rank 0 prints. The progress bar (on stderr) shows only when that is a terminal, so logs
-and pipes get plain lines.
-"""
+"""`python -m dlrm_dist.report RUN_DIR`: plots of a run (loss, AUC, throughput, lr over
+steps) as PNG files in RUN_DIR, and a short text summary (printed, and summary.txt)."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
-import time
+from pathlib import Path
 
-import numpy as np
-import torch
-from torch._tensor_str import printoptions as torch_printoptions
-from tqdm import tqdm
+from dlrm_dist.metrics import METRICS_FILE, read_metrics
 
-from dlrm_dist.config import Config
-from dlrm_dist.model import Arch
+PLOTS = {  # file -> the (record kind, field) series drawn in it
+    "loss.png": [("train", "loss"), ("eval", "loss")],
+    "auc.png": [("eval", "auc")],
+    "throughput.png": [("train", "samples_per_s"), ("train", "samples_per_s_per_rank")],
+    "lr.png": [("train", "lr")],
+}
 
 
-class Reporter:
-    def __init__(self, cfg: Config, rank: int = 0, threads: int = 1) -> None:
-        self.cfg, self.rank, self.threads = cfg, rank, threads
-        self.bar: tqdm | None = None
-        self._reset_window()
-        self.window_rates: list[float] = []
-        self.samples = 0
-        self.wait = 0.0
-        self.eval_seconds = 0.0
-        self.begin = time.perf_counter()
+def series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
+    rows = [r for r in records if r["kind"] == kind and key in r]
+    return [r["step"] for r in rows], [float(r[key]) for r in rows]
 
-    def _reset_window(self) -> None:
-        self.w_loss = self.w_samples = self.w_iters = 0
-        self.w_compute = 0.0
-        self.w_start = time.perf_counter()
 
-    def print(self, *lines: object) -> None:
-        if self.rank != 0:
-            return
-        for line in lines:
-            if self.bar is not None:
-                self.bar.write(str(line))
-            else:
-                print(line, flush=True)
+def plot(records: list[dict], out_dir: Path) -> dict[Path, list[str]]:
+    """Write the PNGs that have data; returns each file's drawn series ("kind key")."""
+    import matplotlib
 
-    # --- the reference's debug-mode prints -------------------------------------------
-    def arch(self, a: Arch) -> None:
-        self.print(
-            "model arch:",
-            f"mlp top arch {len(a.ln_top) - 1} layers, with input to output dimensions:",
-            np.array(a.ln_top),
-            "# of interactions",
-            a.num_int,
-            f"mlp bot arch {len(a.ln_bot) - 1} layers, with input to output dimensions:",
-            np.array(a.ln_bot),
-            "# of features (sparse and dense)",
-            a.num_fea,
-            "dense feature size",
-            a.m_den,
-            "sparse feature size",
-            a.m_spa,
-            f"# of embeddings (= # of sparse features) {len(a.ln_emb)}, "
-            f"with dimensions {a.m_spa}x:",
-            np.array(a.ln_emb),
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: dict[Path, list[str]] = {}
+    for name, lines in PLOTS.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        drawn = []
+        for kind, key in lines:
+            x, y = series(records, kind, key)
+            if x:
+                ax.plot(x, y, marker="o" if kind == "eval" else None, label=f"{kind} {key}")
+                drawn.append(f"{kind} {key}")
+        if drawn:
+            ax.set_xlabel("step")
+            ax.set_ylabel(lines[0][1])
+            ax.grid(alpha=0.3)
+            ax.legend()
+            path = out_dir / name
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            written[path] = drawn
+        plt.close(fig)
+    return written
+
+
+def summarize(records: list[dict]) -> str:
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    lines = []
+    if train:
+        rates = [r["samples_per_s"] for r in train]
+        lines.append(
+            f"train: {len(train)} log steps up to step {train[-1]['step']}; loss "
+            f"{train[0]['loss']:.6f} -> {train[-1]['loss']:.6f}; samples/s median "
+            f"{statistics.median(rates):.0f} (min {min(rates):.0f}, max {max(rates):.0f})"
         )
-
-    def data(self, data) -> None:
-        """Draws every batch of `data` (all ranks must, to consume the stream alike)."""
-        self.print("data (inputs and targets):")
-        with torch_printoptions(precision=4):
-            for j in range(len(data)):
-                raw = data.raw(j)
-                lengths = torch.IntTensor(raw.lengths.tolist())
-                self.print(
-                    f"mini-batch: {j}",
-                    torch.from_numpy(raw.dense),
-                    lengths,
-                    [torch.from_numpy(ix) for ix in raw.indices()],
-                    torch.from_numpy(raw.targets),
-                )
-
-    def parameters(self, which: str, weights, names: list[str]) -> None:
-        if self.rank != 0:
-            return
-        self.print(f"{which} parameters (weights and bias):")
-        with np.printoptions(precision=self.cfg.train.print_precision):
-            for name in names:
-                self.print(weights[name])
-
-    # --- training progress ------------------------------------------------------------
-    def start(self, total_iters: int, env, cfg: Config) -> None:
-        world = env.world_size
-        self.print(
-            f"dlrm_dist: {world} rank(s), {env.backend} on {env.device.type}, "
-            f"{self.threads} thread(s) per rank; global batch {cfg.data.mini_batch_size} "
-            f"(local {cfg.data.mini_batch_size // world}); "
-            f"embeddings {cfg.sharding.sharding_type}",
-            "time/loss/accuracy (if enabled):",
+    if evals:
+        last = evals[-1]
+        best = max(evals, key=lambda r: r.get("auc", r["accuracy"]))
+        auc = f", auc {last['auc']:.4f}" if "auc" in last else ""
+        lines.append(
+            f"eval: {len(evals)} evaluations; last at step {last['step']}: loss "
+            f"{last['loss']:.6f}, accuracy {100 * last['accuracy']:.3f} %{auc}; best at step "
+            f"{best['step']}"
         )
-        show = cfg.train.progress_bar and sys.stderr.isatty() and self.rank == 0
-        if show:
-            self.bar = tqdm(total=total_iters, unit="it", dynamic_ncols=True, leave=False)
-        self.begin = time.perf_counter()
-        self._reset_window()
+    for r in records:
+        if r["kind"] == "summary":
+            lines.append(
+                f"run: {r['samples']} samples in {r['seconds']:.2f} s, "
+                f"{r['samples_per_s']:.0f} samples/s on {r['world_size']} rank(s)"
+            )
+    return "\n".join(lines) or "no records"
 
-    def iteration(self, loss: float, n: int, wait: float, compute: float, lr: float) -> None:
-        self.w_loss += loss * n
-        self.w_samples += n
-        self.w_iters += 1
-        self.w_compute += compute
-        self.samples += n
-        self.wait += wait
-        self.lr = lr
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.5f}", refresh=False)
 
-    def log_train(self, it: int, nbatches: int, epoch: int) -> None:
-        elapsed = time.perf_counter() - self.w_start
-        rate = self.w_samples / elapsed if elapsed > 0 else 0.0
-        self.window_rates.append(rate)
-        ms = 1000.0 * self.w_compute / self.w_iters if self.cfg.train.print_time else -1
-        wall = f" ({time.strftime('%H:%M')})" if self.cfg.train.print_wall_time else ""
-        self.print(
-            f"Finished training it {it}/{nbatches} of epoch {epoch}, {ms:.2f} ms/it, "
-            f"loss {self.w_loss / self.w_samples:.6f}, {rate:.0f} samples/s{wall}"
-        )
-        self._reset_window()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dlrm_dist.report", description=__doc__)
+    parser.add_argument("run_dir", help="a --run-dir of dlrm_dist.train")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / METRICS_FILE).is_file():
+        print(f"ERROR: {run_dir / METRICS_FILE} does not exist: pass a --run-dir of a run")
+        return 2
+    records = read_metrics(run_dir)
+    written = plot(records, run_dir)
+    text = summarize(records)
+    (run_dir / "summary.txt").write_text(text + "\n")
+    print(text)
+    print("plots: " + ", ".join(str(p) for p in written))
+    return 0
 
-    def log_eval(self, it: int, nbatches: int, epoch: int, m: dict, best_acc: float) -> None:
-        auc = f", auc {m['auc']:.4f}" if "auc" in m else ""
-        self.print(
-            f"Testing at - {it}/{nbatches} of epoch {epoch},",
-            f" loss {m['loss']:.6f}, accuracy {m['accuracy'] * 100:3.3f} %, "
-            f"best {best_acc * 100:3.3f} %{auc}",
-        )
-        self._reset_window()
 
-    def finish(self) -> tuple[int, float]:
-        """Print the summary; returns samples and training seconds (evaluation excluded)."""
-        seconds = time.perf_counter() - self.begin - self.eval_seconds
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        rates = self.window_rates or [0.0]
-        self.print(
-            f"Done: {self.samples} samples in {seconds:.2f} s, "
-            f"{self.samples / max(seconds, 1e-9):.0f} samples/s end to end "
-            f"(per log window: median {statistics.median(rates):.0f}, "
-            f"min {min(rates):.0f}, max {max(rates):.0f}); "
-            f"data wait {100.0 * self.wait / max(seconds, 1e-9):.1f} %"
-            + (f"; evaluation took {self.eval_seconds:.2f} s more" if self.eval_seconds else "")
-        )
-        return self.samples, seconds
+if __name__ == "__main__":
+    sys.exit(main())

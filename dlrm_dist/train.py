@@ -6,6 +6,7 @@ environment; run directly, it brings up a one-rank group and takes the same path
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -17,13 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dlrm_dist import distributed, report
+from dlrm_dist import console, distributed
 from dlrm_dist.cli import parse_args
 from dlrm_dist.config import Config, ConfigError
 from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData
 from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
 from dlrm_dist.init import reference_init
 from dlrm_dist.lr_policy import LRPolicy
+from dlrm_dist.metrics import MetricsWriter, Profiler
 from dlrm_dist.model import Arch, DLRMTrain, derive_arch, parameter_order
 
 
@@ -195,7 +197,7 @@ class Stepper:
             self.pipeline.attach(model)
 
 
-def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunResult:
+def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunResult:
     arch = derive_arch(cfg.model, cfg.data.dense_features)
     rs = np.random.RandomState(cfg.train.numpy_rand_seed)  # the reference's np.random
     torch.manual_seed(cfg.train.numpy_rand_seed)
@@ -232,6 +234,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
     )
     result = RunResult()
     stepper = Stepper(model, optimizer, cfg, env)
+    profiler = Profiler(cfg.metrics, env.rank)
     result.pipelined = stepper.pipelined
     batches = _Batches(train_data, nbatches, cfg.train.nepochs, env.device)
     out.start(nbatches * cfg.train.nepochs, env, cfg)
@@ -243,6 +246,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
             step += 1
             lr = lr_policy.set_step(step)
             value = distributed.global_mean(stepper.step(batches))
+            profiler.step()
             waited = batches.wait - wait0
             result.losses.append(value)
             out.iteration(
@@ -259,6 +263,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: report.Reporter) -> RunRes
                 result.evals.append(metrics)
                 out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
                 out.eval_seconds += time.perf_counter() - eval_start
+    profiler.close()
     result.samples, result.seconds = out.finish()
     result.data_seconds = out.wait
     result.final_weights = distributed.gather_full_weights(model, names)
@@ -274,7 +279,8 @@ def run(cfg: Config) -> RunResult:
     env = distributed.init_distributed(cfg.train.use_gpu, cfg.train.dist_backend)
     try:
         threads = distributed.set_threads(env, cfg.train.threads)
-        out = report.Reporter(cfg, rank=env.rank, threads=threads)
+        metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
+        out = console.Reporter(cfg, rank=env.rank, threads=threads, metrics=metrics)
         return train(cfg, env, out)
     finally:
         if owns_group:
