@@ -134,11 +134,14 @@ class Reporter:
         loss = self.w_loss / self.w_samples
         wait = 100.0 * self.w_wait / elapsed if elapsed > 0 else 0.0
         mem = peak_memory_gb(self.device)
-        # the reference's line, then ours: per-rank rate, lr, data wait, peak memory
+        step_ms = 1000.0 * elapsed / max(self.w_iters, 1)
+        # the reference's line (its ms/it only with --print-time), then ours: per-rank
+        # rate, wall ms per step (data included), lr, data wait, peak memory
         self.print(
             f"Finished training it {it}/{nbatches} of epoch {epoch}, {ms:.2f} ms/it, "
             f"loss {loss:.6f}, {rate:.0f} samples/s{wall} ({rate / self.world:.0f}/rank, "
-            f"lr {self.lr:.4g}, data {wait:.1f} %, peak mem {mem:.2f} GB)"
+            f"{step_ms:.2f} ms/step, lr {self.lr:.4g}, data {wait:.1f} %, "
+            f"peak mem {mem:.2f} GB)"
         )
         self.metrics.write(
             "train",
@@ -149,7 +152,7 @@ class Reporter:
                 "lr": self.lr,
                 "samples_per_s": rate,
                 "samples_per_s_per_rank": rate / self.world,
-                "ms_per_step": 1000.0 * elapsed / max(self.w_iters, 1),
+                "ms_per_step": step_ms,
                 "data_wait_pct": wait,
                 "peak_mem_gb": mem,
             },
