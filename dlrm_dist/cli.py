@@ -26,6 +26,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "arch-mlp-top": ("model", "mlp_top"),
     "arch-interaction-op": ("model", "interaction"),
     "arch-interaction-itself": ("model", "interaction_itself"),
+    "dcn-num-layers": ("model", "dcn_num_layers"),
+    "dcn-low-rank-dim": ("model", "dcn_low_rank_dim"),
     "loss-function": ("model", "loss_function"),
     "loss-weights": ("model", "loss_weights"),
     "loss-threshold": ("model", "loss_threshold"),

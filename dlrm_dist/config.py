@@ -34,8 +34,10 @@ class ModelConfig:
     mlp_top: list[int] = _f(
         [4, 2, 1], "top MLP widths after the interaction (its width is prepended)"
     )
-    interaction: str = _f("dot", "feature interaction: dot | cat")
+    interaction: str = _f("dot", "feature interaction: dot | cat | dcn (DCN v2 cross net)")
     interaction_itself: bool = _f(False, "dot: include each feature's product with itself")
+    dcn_num_layers: int = _f(3, "dcn: cross layers")
+    dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight (W V)")
     loss_function: str = _f("mse", "loss: mse | bce | wbce")
     loss_weights: list[float] = _f([1.0, 1.0], "wbce weights for target 0 and target 1")
     loss_threshold: float = _f(0.0, "clamp outputs to [t, 1-t] when 0 < t < 1")
@@ -304,7 +306,7 @@ SHARDING_TYPES = (
 COMPUTE_KERNELS = ("auto", "fused", "dense", "fused_uvm", "fused_uvm_caching")
 
 CHOICES = {
-    ("model", "interaction"): ("dot", "cat"),
+    ("model", "interaction"): ("dot", "cat", "dcn"),
     ("model", "loss_function"): ("mse", "bce", "wbce"),
     ("data", "generation"): ("random", "random-fast"),
     ("data", "rand_data_dist"): ("uniform", "gaussian", "zipf"),
@@ -326,6 +328,8 @@ def validate(cfg: Config) -> Config:
             )
     positive = [
         ("model", "sparse_feature_size"),
+        ("model", "dcn_num_layers"),
+        ("model", "dcn_low_rank_dim"),
         ("data", "mini_batch_size"),
         ("data", "num_indices_per_lookup"),
         ("train", "print_freq"),

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import SparseArch
+from torchrec.models.dlrm import InteractionDCNArch, SparseArch
+from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -32,6 +33,8 @@ class Arch:
     ln_top: tuple[int, ...]  # top MLP widths, interaction width first
     num_fea: int  # F + 1: sparse features plus the dense one
     num_int: int  # interaction output width
+    dcn_num_layers: int = 0  # dcn: cross layers
+    dcn_low_rank_dim: int = 0  # dcn: rank r of each layer's W (N x r) V (r x N)
 
 
 def derive_arch(cfg: ModelConfig, dense_features: int = 0) -> Arch:
@@ -52,8 +55,9 @@ def derive_arch(cfg: ModelConfig, dense_features: int = 0) -> Arch:
     if cfg.interaction == "dot":
         pairs = num_fea * (num_fea + 1) if cfg.interaction_itself else num_fea * (num_fea - 1)
         num_int = pairs // 2 + m_den_out
-    else:
+    else:  # cat, dcn: the (F + 1) vectors side by side
         num_int = num_fea * m_den_out
+    dcn = cfg.interaction == "dcn"
     return Arch(
         m_spa=m_spa,
         m_den=m_den,
@@ -62,6 +66,8 @@ def derive_arch(cfg: ModelConfig, dense_features: int = 0) -> Arch:
         ln_top=(num_int, *cfg.mlp_top),
         num_fea=num_fea,
         num_int=num_int,
+        dcn_num_layers=cfg.dcn_num_layers if dcn else 0,
+        dcn_low_rank_dim=cfg.dcn_low_rank_dim if dcn else 0,
     )
 
 
@@ -80,11 +86,16 @@ def _mlp(widths: tuple[int, ...], sigmoid_last: bool) -> nn.Sequential:
 
 class Interaction(nn.Module):
     """dot: [x, lower triangle of (T T^T)] with T = [x, e_1..e_F] as (B, F+1, D);
-    cat: [x, e_1, ..., e_F]. Output (B, num_int)."""
+    cat: [x, e_1, ..., e_F]; dcn: DCN v2 over that concatenation (N = (F+1) D wide),
+    torchrec's low-rank cross net: x_{l+1} = x_0 * (W_l (V_l x_l) + b_l) + x_l.
+    Output (B, num_int)."""
 
-    def __init__(self, num_fea: int, op: str, itself: bool) -> None:
+    def __init__(self, num_fea: int, op: str, itself: bool, arch: Arch | None = None) -> None:
         super().__init__()
         self.op = op
+        if op == "dcn":
+            cross = LowRankCrossNet(arch.num_int, arch.dcn_num_layers, arch.dcn_low_rank_dim)
+            self.dcn = InteractionDCNArch(num_fea - 1, cross)
         off = 1 if itself else 0
         li = [i for i in range(num_fea) for _ in range(i + off)]
         lj = [j for i in range(num_fea) for j in range(i + off)]
@@ -93,6 +104,8 @@ class Interaction(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """dense (B, D), sparse (B, F, D) -> (B, num_int)."""
+        if self.op == "dcn":
+            return self.dcn(dense, sparse)
         if self.op == "cat":
             return torch.cat([dense, sparse.flatten(1)], dim=1)
         t = torch.cat([dense.unsqueeze(1), sparse], dim=1)
@@ -121,7 +134,7 @@ class DLRM(nn.Module):
             EmbeddingBagCollection(tables=tables, device=torch.device(device))
         )
         self.bot_l = _mlp(arch.ln_bot, sigmoid_last=False)
-        self.interaction = Interaction(arch.num_fea, cfg.interaction, cfg.interaction_itself)
+        self.interaction = Interaction(arch.num_fea, cfg.interaction, cfg.interaction_itself, arch)
         self.top_l = _mlp(arch.ln_top, sigmoid_last=True)
         self.loss_threshold = cfg.loss_threshold
 
@@ -156,6 +169,8 @@ def parameter_order(arch: Arch) -> list[str]:
     for prefix, widths in (("bot_l", arch.ln_bot), ("top_l", arch.ln_top)):
         for i in range(len(widths) - 1):
             names += [f"{prefix}.{2 * i}.weight", f"{prefix}.{2 * i}.bias"]
+    for kind in ("W_kernels", "V_kernels", "bias"):  # dcn, after what the reference has
+        names += [f"interaction.dcn.crossnet.{kind}.{i}" for i in range(arch.dcn_num_layers)]
     return names
 
 

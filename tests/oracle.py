@@ -244,9 +244,9 @@ def num_interaction_features(
         if itself:
             return num_fea * (num_fea + 1) // 2 + bottom_out
         return num_fea * (num_fea - 1) // 2 + bottom_out
-    if interaction == "cat":
+    if interaction in ("cat", "dcn"):
         return num_fea * bottom_out
-    raise ValueError(f"unsupported interaction {interaction!r}; use 'dot' or 'cat'")
+    raise ValueError(f"unsupported interaction {interaction!r}; use 'dot', 'cat' or 'dcn'")
 
 
 def _make_mlp(
@@ -305,10 +305,12 @@ class OracleDLRM(nn.Module):
         interaction: str = "dot",
         interaction_itself: bool = False,
         loss_threshold: float = 0.0,
+        dcn_num_layers: int = 0,
+        dcn_low_rank_dim: int = 0,
     ) -> None:
         super().__init__()
-        if interaction not in ("dot", "cat"):
-            raise ValueError(f"unsupported interaction {interaction!r}; use 'dot' or 'cat'")
+        if interaction not in ("dot", "cat", "dcn"):
+            raise ValueError(f"unsupported interaction {interaction!r}; use dot, cat or dcn")
         self.interaction = interaction
         self.interaction_itself = interaction_itself
         self.loss_threshold = loss_threshold
@@ -324,6 +326,17 @@ class OracleDLRM(nn.Module):
         self.emb_l = nn.ModuleList(tables)
         self.bot_l = _make_mlp(rs, ln_bot, sigmoid_last=False)
         self.top_l = _make_mlp(rs, ln_top, sigmoid_last=True)
+        # DCN v2 (Wang et al. 2020, low-rank form): N = (F + 1) D; per layer W (N, r),
+        # V (r, N) drawn xavier-normal from rs after the MLPs (all W, then all V), b = 0
+        n, r, layers = int(ln_top[0]), dcn_low_rank_dim, dcn_num_layers
+        std = math.sqrt(2 / (n + r)) if r else 0.0
+
+        def draw(shape: tuple[int, int]) -> nn.Parameter:
+            return nn.Parameter(torch.tensor(rs.normal(0.0, std, size=shape).astype(np.float32)))
+
+        self.dcn_w = nn.ParameterList([draw((n, r)) for _ in range(layers)])
+        self.dcn_v = nn.ParameterList([draw((r, n)) for _ in range(layers)])
+        self.dcn_b = nn.ParameterList([nn.Parameter(torch.zeros(n)) for _ in range(layers)])
 
     def interact(self, x: Tensor, embs: list[Tensor]) -> Tensor:
         """Combine the dense vector ``x`` (B, D) with ``F`` embeddings (B, D) each.
@@ -334,6 +347,11 @@ class OracleDLRM(nn.Module):
         """
         if self.interaction == "cat":
             return torch.cat([x, *embs], dim=1)
+        if self.interaction == "dcn":
+            x0 = xl = torch.cat([x, *embs], dim=1)  # (B, N)
+            for w, v, b in zip(self.dcn_w, self.dcn_v, self.dcn_b):
+                xl = x0 * (xl @ v.t() @ w.t() + b) + xl
+            return xl
         batch, dim = x.shape
         feats = torch.cat([x, *embs], dim=1).view(batch, -1, dim)  # (B, F+1, D)
         gram = torch.bmm(feats, feats.transpose(1, 2))  # (B, F+1, F+1)
@@ -426,6 +444,8 @@ def oracle_train(
     ln_top_user: Sequence[int],
     interaction: str = "dot",
     interaction_itself: bool = False,
+    dcn_num_layers: int = 0,
+    dcn_low_rank_dim: int = 0,
     loss_function: str = "mse",
     loss_weights: Sequence[float] = (1.0, 1.0),
     loss_threshold: float = 0.0,
@@ -476,6 +496,8 @@ def oracle_train(
         interaction,
         interaction_itself,
         loss_threshold,
+        dcn_num_layers,
+        dcn_low_rank_dim,
     )
     init_params = [p.detach().numpy().copy() for p in model.parameters()]
 
@@ -618,6 +640,8 @@ def oracle_kwargs(cfg: Any) -> dict[str, Any]:
         ln_top_user=m.mlp_top,
         interaction=m.interaction,
         interaction_itself=m.interaction_itself,
+        dcn_num_layers=m.dcn_num_layers if m.interaction == "dcn" else 0,
+        dcn_low_rank_dim=m.dcn_low_rank_dim if m.interaction == "dcn" else 0,
         loss_function=m.loss_function,
         loss_weights=m.loss_weights,
         loss_threshold=m.loss_threshold,

@@ -120,3 +120,28 @@ def test_losses_by_hand():
     assert make_loss(ModelConfig(loss_function="bce"))(p, t).item() == pytest.approx(bce)
     w = make_loss(ModelConfig(loss_function="wbce", loss_weights=[0.5, 2.0]))(p, t).item()
     assert w == pytest.approx((0.5 * bce + 2.0 * bce) / 2)
+
+
+def test_dcn_interaction_is_the_low_rank_cross_net_formula():
+    import torch
+
+    from dlrm_dist.cli import parse_args
+    from dlrm_dist.model import Interaction
+
+    cfg = parse_args(
+        ["--arch-interaction-op=dcn", "--dcn-num-layers=2", "--dcn-low-rank-dim=3"]
+    ).model
+    arch = derive_arch(cfg)
+    assert arch.num_int == 4 * 2 and arch.ln_top[0] == 8  # (F + 1) D, F = 3, D = 2
+    inter = Interaction(arch.num_fea, "dcn", False, arch)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in inter.parameters():
+            p.normal_()
+    dense, sparse = torch.randn(5, 2), torch.randn(5, 3, 2)
+    x0 = torch.cat([dense, sparse.flatten(1)], dim=1).double()
+    x = x0
+    cross = inter.dcn.crossnet
+    for w, v, b in zip(cross.W_kernels, cross.V_kernels, cross.bias):
+        x = x0 * (x @ v.double().t() @ w.double().t() + b.double()) + x
+    torch.testing.assert_close(inter(dense, sparse).double(), x, rtol=1e-5, atol=1e-5)

@@ -47,8 +47,17 @@ def _assert_parity(argv: list[str]) -> None:
         ["--learning-rate=0.1"],  # config C scaled down, mse
         ["--loss-function=bce", "--round-targets=true", "--learning-rate=0.2"],
         ["--arch-interaction-op=cat", "--arch-mlp-top=32-1", "--learning-rate=0.1"],
+        [
+            "--arch-interaction-op=dcn",
+            "--dcn-num-layers=2",
+            "--dcn-low-rank-dim=8",
+            "--arch-mlp-top=32-1",
+            "--loss-function=bce",
+            "--round-targets=true",
+            "--learning-rate=0.1",
+        ],
     ],
-    ids=["c-mse", "c-bce", "c-cat"],
+    ids=["c-mse", "c-bce", "c-cat", "c-dcn"],
 )
 def test_losses_match_the_oracle_over_50_iterations(extra):
     _assert_parity(C_SMALL + extra)
