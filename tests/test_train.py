@@ -267,3 +267,24 @@ def test_progress_bar_only_on_a_terminal():
     assert b"5/5 [" not in proc.stdout and b"it/s" not in proc.stdout  # not in the log
     piped = _cli("--num-batches=5", "--mini-batch-size=4")
     assert "it/s" not in piped.stderr and "it/s" not in piped.stdout
+
+
+def test_mlperf_dcnv2_config_runs_scaled_down_on_cpu():
+    cfg = parse_args(
+        [
+            "--config",
+            str(ROOT / "configs/mlperf_dcnv2.toml"),
+            "--arch-embedding-size=" + "-".join(["100"] * 26),
+            "--mini-batch-size=32",
+            "--num-batches=2",
+            "--print-freq=1",
+            "--progress-bar=false",
+        ]
+    )
+    m = cfg.model
+    assert (m.interaction, m.dcn_num_layers, m.dcn_low_rank_dim) == ("dcn", 3, 512)
+    assert m.mlp_bot == [13, 512, 256, 128] and m.mlp_top == [1024, 1024, 512, 256, 1]
+    assert len(cfg.data.multi_hot_sizes) == 26 and cfg.optim.optimizer == "adagrad"
+    result = run(cfg)
+    assert len(result.losses) == 2 and np.isfinite(result.losses).all()
+    assert result.final_weights["interaction.dcn.crossnet.W_kernels.2"].shape == (27 * 128, 512)
