@@ -36,6 +36,7 @@ class ModelConfig:
     )
     interaction: str = _f("dot", "feature interaction: dot | cat | dcn (DCN v2 cross net)")
     interaction_itself: bool = _f(False, "dot: include each feature's product with itself")
+    embedding_precision: str = _f("fp32", "embedding table weights: fp32 | fp16")
     dcn_num_layers: int = _f(3, "dcn: cross layers")
     dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight (W V)")
     loss_function: str = _f("mse", "loss: mse | bce | wbce")
@@ -93,6 +94,11 @@ class ShardingConfig:
     )
     compute_kernel: str = _f(
         "auto", "embedding kernel: auto | fused | dense | fused_uvm | fused_uvm_caching"
+    )
+    cache_ratio: float = _f(
+        0.0,
+        "fused_uvm_caching: share of each table's rows cached in HBM (e.g. 0.01), the rest "
+        "in host memory; 0 = the planner's choice",
     )
     hbm_gb: float = _f(0.0, "device memory per rank for the planner, GB; 0 = the device's")
     ddr_gb: float = _f(0.0, "host memory per rank for the planner, GB; 0 = the host's share")
@@ -307,6 +313,7 @@ COMPUTE_KERNELS = ("auto", "fused", "dense", "fused_uvm", "fused_uvm_caching")
 
 CHOICES = {
     ("model", "interaction"): ("dot", "cat", "dcn"),
+    ("model", "embedding_precision"): ("fp32", "fp16"),
     ("model", "loss_function"): ("mse", "bce", "wbce"),
     ("data", "generation"): ("random", "random-fast"),
     ("data", "rand_data_dist"): ("uniform", "gaussian", "zipf"),
@@ -384,6 +391,8 @@ def validate(cfg: Config) -> Config:
     if d.zipf_exponent <= 0:
         raise ConfigError("--zipf-exponent must be positive")
     sh = cfg.sharding
+    if not 0 <= sh.cache_ratio <= 1:
+        raise ConfigError("--embedding-cache-ratio must lie in [0, 1], e.g. 0.01")
     if sh.hbm_gb < 0 or sh.ddr_gb < 0:
         raise ConfigError("--hbm-gb and --ddr-gb must not be negative (0 = detect)")
     for table, settings in sh.tables.items():

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchrec.models.dlrm import InteractionDCNArch, SparseArch
 from torchrec.modules.crossnet import LowRankCrossNet
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dlrm_dist.config import ConfigError, ModelConfig
@@ -125,6 +125,7 @@ class DLRM(nn.Module):
                 num_embeddings=rows,
                 feature_names=[feature],
                 pooling=PoolingType.SUM,
+                data_type=DataType.FP16 if cfg.embedding_precision == "fp16" else DataType.FP32,
             )
             for name, feature, rows in zip(
                 table_names(len(arch.ln_emb)), feature_names(len(arch.ln_emb)), arch.ln_emb

@@ -45,7 +45,7 @@ from torchrec.distributed.planner.types import (
     TopologyFactory,
     TrainerConfig,
 )
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import CacheParams, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.optim import RowWiseAdagrad
 
@@ -242,8 +242,15 @@ def table_constraints(
         types, kernels, yielded = _allowed(table, overrides.get(table.name, {}), cfg, device_type)
         if yielded:
             replicated.append(table.name)
+        cache = None
+        if cfg.cache_ratio > 0 and "fused_uvm_caching" in kernels:
+            # the share of the table's rows the HBM cache holds; the rest stay in host memory
+            cache = CacheParams(load_factor=cfg.cache_ratio)
         out[table.name] = ParameterConstraints(
-            sharding_types=types, compute_kernels=kernels, pooling_factors=[float(pooling)]
+            sharding_types=types,
+            compute_kernels=kernels,
+            pooling_factors=[float(pooling)],
+            cache_params=cache,
         )
     if replicated:
         log.info(

@@ -80,6 +80,37 @@ def test_a_forced_type_or_kernel_applies_to_every_table():
     )
 
 
+def test_the_cache_ratio_sizes_the_hbm_cache_of_uvm_cached_tables():
+    argv = ["--compute-kernel=fused_uvm_caching", "--embedding-cache-ratio=0.01"]
+    cached = _constraints([8, 16], "cuda", {"t_cat_1": {"compute_kernel": "fused"}}, *argv)
+    assert cached["t_cat_0"].cache_params.load_factor == 0.01
+    assert cached["t_cat_1"].cache_params is None  # not UVM-cached: no cache
+    assert _constraints([8], "cuda", None, argv[0])["t_cat_0"].cache_params is None
+    with pytest.raises(ConfigError, match="--embedding-cache-ratio must lie in"):
+        parse_args(["--embedding-cache-ratio=2"])
+
+
+def test_a_1_percent_cache_plans_mlperf_onto_16_gb_gpus():
+    cfg = parse_args(
+        [
+            "--config",
+            str(ROOT / "configs/mlperf_dcnv2.toml"),
+            "--compute-kernel=fused_uvm_caching",
+            "--embedding-cache-ratio=0.01",
+            "--optimizer=rwsadagrad",
+            "--hbm-gb=16",
+            "--ddr-gb=256",
+        ]
+    )
+    model = DLRM(derive_arch(cfg.model), cfg.model, device="meta")
+    result = planning.plan_for_config(model, cfg, 8, "cuda", 8)
+    text = planning.describe_plan(result)
+    big = next(line for line in text.splitlines() if line.startswith("t_cat_0 "))
+    hbm, ddr = (float(x) for x in big.split()[-2:])
+    weights = 40_000_000 * 128 * 4 / GIB  # 19.07 GB: in host memory, 1 % cached in HBM
+    assert ddr == pytest.approx(weights, rel=0.05) and hbm < 0.05 * weights
+
+
 def test_overrides_by_table_or_feature_name_win_over_the_forced_setting():
     got = _allowed(
         _constraints(

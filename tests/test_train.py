@@ -288,3 +288,26 @@ def test_mlperf_dcnv2_config_runs_scaled_down_on_cpu():
     result = run(cfg)
     assert len(result.losses) == 2 and np.isfinite(result.losses).all()
     assert result.final_weights["interaction.dcn.crossnet.W_kernels.2"].shape == (27 * 128, 512)
+
+
+def test_fp16_tables_train_close_to_fp32():
+    argv = [
+        "--arch-embedding-size=100-200-300",
+        "--arch-sparse-feature-size=8",
+        "--arch-mlp-bot=13-16-8",
+        "--mini-batch-size=64",
+        "--num-batches=20",
+        "--data-generation=random-fast",
+        "--optimizer=rwsadagrad",
+        "--sharding-type=table_wise",
+        "--learning-rate=0.1",
+        "--print-freq=100",
+        "--progress-bar=false",
+    ]
+    fp32 = run(parse_args(argv))
+    fp16 = run(parse_args([*argv, "--embedding-precision=fp16"]))
+    name = "sparse_arch.embedding_bag_collection.embedding_bags.t_cat_0.weight"
+    assert fp16.final_weights[name].dtype == np.float16
+    assert fp32.final_weights[name].dtype == np.float32
+    np.testing.assert_allclose(fp16.losses, fp32.losses, rtol=2e-2)
+    np.testing.assert_allclose(fp16.final_weights[name], fp32.final_weights[name], atol=2e-3)
