@@ -41,3 +41,25 @@ def test_ranks_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 4 and cells[3].endswith("x")
     assert float(cells[1].split()[0].replace(",", "")) > 0
+
+
+def test_gpu_benchmark_smoke_runs_the_same_code_tiny_on_cpu():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| MLPerf DCNv2 | 128 |" in out and "| config C cpu | 512 |" in out
+    assert "UVM caching: skipped, fused_uvm_caching needs CUDA" in out
+    parts = {
+        line.split("|")[1].strip(): float(line.split("|")[2])
+        for line in out.splitlines()
+        if line.startswith("| ") and line.count("|") == 3 and "ms/step" not in line
+    }
+    assert parts["MLP + interaction"] > 0 and parts["embedding backward + update"] > 0
+    assert parts["whole step"] > 0
+    assert "of the H200's 4.8 TB/s" in out
