@@ -29,6 +29,15 @@ FLAGS: dict[str, tuple[str, str]] = {
     "embedding-precision": ("model", "embedding_precision"),
     "dcn-num-layers": ("model", "dcn_num_layers"),
     "dcn-low-rank-dim": ("model", "dcn_low_rank_dim"),
+    "qr-flag": ("model", "qr_flag"),
+    "qr-threshold": ("model", "qr_threshold"),
+    "qr-operation": ("model", "qr_operation"),
+    "qr-collisions": ("model", "qr_collisions"),
+    "md-flag": ("model", "md_flag"),
+    "md-threshold": ("model", "md_threshold"),
+    "md-temperature": ("model", "md_temperature"),
+    "md-round-dims": ("model", "md_round_dims"),
+    "weighted-pooling": ("model", "weighted_pooling"),
     "loss-function": ("model", "loss_function"),
     "loss-weights": ("model", "loss_weights"),
     "loss-threshold": ("model", "loss_threshold"),
@@ -48,6 +57,14 @@ FLAGS: dict[str, tuple[str, str]] = {
     "round-targets": ("data", "round_targets"),
     "zipf-exponent": ("data", "zipf_exponent"),
     "multi-hot-sizes": ("data", "multi_hot_sizes"),
+    "data-set": ("data", "data_set"),
+    "raw-data-file": ("data", "raw_data_file"),
+    "processed-data-file": ("data", "processed_data_file"),
+    "max-ind-range": ("data", "max_ind_range"),
+    "data-cat-encoding": ("data", "cat_encoding"),
+    "data-sub-sample-rate": ("data", "data_sub_sample_rate"),
+    "data-randomize": ("data", "data_randomize"),
+    "skip-bad-lines": ("data", "skip_bad_lines"),
     "optimizer": ("optim", "optimizer"),
     "learning-rate": ("optim", "learning_rate"),
     "lr-num-warmup-steps": ("optim", "lr_num_warmup_steps"),
@@ -86,11 +103,10 @@ ALIASES = {"save-model": "checkpoint-dir", "load-model": "resume"}
 
 # Reference flags that dlrm_dist does not implement yet.
 UNSUPPORTED = (
-    "activation-function data-set raw-data-file processed-data-file data-randomize "
-    "data-trace-file data-trace-enable-padding max-ind-range data-sub-sample-rate "
+    "activation-function "
+    "data-trace-file data-trace-enable-padding "
     "num-workers memory-map dataset-multiprocessing test-num-workers sync-dense-params "
-    "md-flag md-threshold md-temperature md-round-dims qr-flag qr-threshold "
-    "qr-operation qr-collisions weighted-pooling inference-only quantize-mlp-with-bit "
+    "inference-only quantize-mlp-with-bit "
     "quantize-emb-with-bit save-onnx use-ipex local_rank "
     "plot-compute-graph tensor-board-filename "
     "mlperf-logging mlperf-acc-threshold mlperf-auc-threshold mlperf-bin-loader "

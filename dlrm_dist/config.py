@@ -39,6 +39,17 @@ class ModelConfig:
     embedding_precision: str = _f("fp32", "embedding table weights: fp32 | fp16")
     dcn_num_layers: int = _f(3, "dcn: cross layers")
     dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight (W V)")
+    qr_flag: bool = _f(False, "quotient-remainder tables for tables above qr_threshold rows")
+    qr_threshold: int = _f(200, "qr: tables with more rows than this are split, rows")
+    qr_operation: str = _f("mult", "qr: combine the quotient and remainder bags: concat|add|mult")
+    qr_collisions: int = _f(4, "qr: c, rows of the remainder table (quotient: ceil(rows / c))")
+    md_flag: bool = _f(False, "mixed-dimension tables (md_solver's dims) above md_threshold rows")
+    md_threshold: int = _f(200, "md: tables with more rows than this get their own dim, rows")
+    md_temperature: float = _f(0.3, "md: alpha, dim ~ rows^-alpha (0 = every table D)")
+    md_round_dims: bool = _f(False, "md: round each dim to the nearest power of 2")
+    weighted_pooling: str = _f(
+        "", "per-row weights in every bag sum: fixed (ones) | learned (trained); empty = none"
+    )
     loss_function: str = _f("mse", "loss: mse | bce | wbce")
     loss_weights: list[float] = _f([1.0, 1.0], "wbce weights for target 0 and target 1")
     loss_threshold: float = _f(0.0, "clamp outputs to [t, 1-t] when 0 < t < 1")
@@ -70,6 +81,22 @@ class DataConfig:
     multi_hot_sizes: list[int] = _f(
         [], "random-fast: fixed bag size per table (MLPerf style); empty = bag-size flags"
     )
+    data_set: str = _f("kaggle", "dataset: Criteo kaggle (train.txt) | terabyte (day_0..day_23)")
+    raw_data_file: str = _f(
+        "", "dataset: raw Criteo TSV (kaggle: train.txt; terabyte: the prefix of day_N[.gz])"
+    )
+    processed_data_file: str = _f(
+        "", "dataset: directory of the processed data; empty = <raw-data-file>_processed"
+    )
+    max_ind_range: int = _f(-1, "dataset: categorical values modulo this before mapping, when > 0")
+    cat_encoding: str = _f(
+        "vocab", "dataset: ids = rows of each feature's vocabulary | hash (value mod max_ind_range)"
+    )
+    data_sub_sample_rate: float = _f(0.0, "dataset: drop this fraction of negatives, [0, 1)")
+    data_randomize: str = _f(
+        "total", "dataset: shuffle the training rows: total | day (within each day) | none"
+    )
+    skip_bad_lines: bool = _f(False, "dataset: skip (and count) malformed raw lines, else fail")
 
 
 @dataclass
@@ -314,8 +341,13 @@ COMPUTE_KERNELS = ("auto", "fused", "dense", "fused_uvm", "fused_uvm_caching")
 CHOICES = {
     ("model", "interaction"): ("dot", "cat", "dcn"),
     ("model", "embedding_precision"): ("fp32", "fp16"),
+    ("model", "qr_operation"): ("concat", "add", "mult"),
+    ("model", "weighted_pooling"): ("", "fixed", "learned"),
     ("model", "loss_function"): ("mse", "bce", "wbce"),
-    ("data", "generation"): ("random", "random-fast"),
+    ("data", "generation"): ("random", "random-fast", "dataset"),
+    ("data", "data_set"): ("kaggle", "terabyte"),
+    ("data", "cat_encoding"): ("vocab", "hash"),
+    ("data", "data_randomize"): ("total", "day", "none"),
     ("data", "rand_data_dist"): ("uniform", "gaussian", "zipf"),
     ("optim", "optimizer"): ("sgd", "adagrad", "rwsadagrad", "adam"),
     ("sharding", "sharding_type"): SHARDING_TYPES,
@@ -370,6 +402,24 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("--arch-mlp-top needs positive widths, e.g. 4-2-1")
     if len(m.loss_weights) != 2:
         raise ConfigError("--loss-weights needs two weights (target 0, target 1), e.g. 1.0-1.0")
+    if m.qr_flag and m.qr_collisions < 1:
+        raise ConfigError("--qr-collisions must be at least 1 (rows of each remainder table)")
+    if m.md_flag and m.md_temperature < 0:
+        raise ConfigError("--md-temperature must not be negative (0 = every table D wide)")
+    for flag, on, what in (
+        ("--qr-flag", m.qr_flag, "quotient remainder"),
+        ("--md-flag", m.md_flag, "mixed dimensions"),
+    ):
+        if on and m.weighted_pooling:
+            raise ConfigError(
+                f"{what} with weighted pooling is not supported (as in the reference): "
+                f"drop --weighted-pooling or {flag}"
+            )
+    if m.qr_flag and m.md_flag:
+        raise ConfigError(
+            "quotient remainder with mixed dimensions is not supported (the reference's QR "
+            "tables take one dim): drop --qr-flag or --md-flag"
+        )
     if m.loss_function in ("bce", "wbce") and m.mlp_top[-1] != 1:
         raise ConfigError("--arch-mlp-top must end in 1 for bce/wbce (one click probability)")
     if d.rand_data_dist == "gaussian":
@@ -390,6 +440,17 @@ def validate(cfg: Config) -> Config:
             )
     if d.zipf_exponent <= 0:
         raise ConfigError("--zipf-exponent must be positive")
+    if d.generation == "dataset":
+        if not (d.raw_data_file or d.processed_data_file):
+            raise ConfigError(
+                "--data-generation=dataset needs --raw-data-file (and/or --processed-data-file)"
+            )
+        if not 0.0 <= d.data_sub_sample_rate < 1.0:
+            raise ConfigError("--data-sub-sample-rate must lie in [0, 1)")
+        if d.cat_encoding == "hash" and d.max_ind_range <= 0:
+            raise ConfigError("--data-cat-encoding=hash needs --max-ind-range > 0 (rows per table)")
+        if d.max_ind_range >= 1 << 31:
+            raise ConfigError("--max-ind-range must be below 2^31 (row ids are int32)")
     sh = cfg.sharding
     if not 0 <= sh.cache_ratio <= 1:
         raise ConfigError("--embedding-cache-ratio must lie in [0, 1], e.g. 0.01")

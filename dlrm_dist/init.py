@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlrm_dist.embeddings import table_specs, torch_stream_weights, uses_torch_stream
 from dlrm_dist.model import Arch, parameter_order
 
+_TABLES = "sparse_arch.embedding_bag_collection.embedding_bags"
 
-def reference_init(rs: np.random.RandomState, arch: Arch) -> dict[str, np.ndarray]:
-    """Tables uniform(+-sqrt(1/n)) (n, D) in table order, then bottom then top MLP:
-    weight normal(0, sqrt(2/(m+n))) (m, n), bias normal(0, sqrt(1/m)) (m,); float32.
+
+def reference_init(
+    rs: np.random.RandomState, arch: Arch, seed: int | None = None
+) -> dict[str, np.ndarray]:
+    """Tables uniform(+-sqrt(1/n)) (n, dim) in table order (an MD table too, at its own
+    dim), then bottom then top MLP: weight normal(0, sqrt(2/(m+n))) (m, n), bias
+    normal(0, sqrt(1/m)) (m,); float32.
+
+    QR tables and MD projections the reference draws from torch's stream instead (see
+    `embeddings.torch_stream_weights`; `seed` is the one it passes to torch.manual_seed),
+    and they take nothing from rs. Learned pooling weights start at ones.
 
     DCN v2 layers, which the reference lacks, follow from the same stream: every W
     (N, r), then every V (r, N), normal(0, sqrt(2/(N+r))) (xavier normal, as torchrec),
@@ -17,10 +27,18 @@ def reference_init(rs: np.random.RandomState, arch: Arch) -> dict[str, np.ndarra
 
     Returned in `parameter_order(arch)`, keyed by our parameter names.
     """
+    if uses_torch_stream(arch) and seed is None:
+        raise ValueError("QR tables and MD projections need the seed of torch's stream")
+    drawn = torch_stream_weights(seed, arch) if uses_torch_stream(arch) else {}
+    out = {name: value.numpy() for name, value in drawn.items()}
+    for t in table_specs(arch):
+        name = f"{_TABLES}.{t.name}.weight"
+        if name not in out:
+            bound = np.sqrt(1 / t.rows)
+            out[name] = rs.uniform(low=-bound, high=bound, size=(t.rows, t.dim)).astype(np.float32)
+        if arch.weighted_pooling == "learned":
+            out[f"sparse_arch.pooling_weights.{t.name}"] = np.ones(t.rows, dtype=np.float32)
     values: list[np.ndarray] = []
-    for n in arch.ln_emb:
-        bound = np.sqrt(1 / n)
-        values.append(rs.uniform(low=-bound, high=bound, size=(n, arch.m_spa)).astype(np.float32))
     for widths in (arch.ln_bot, arch.ln_top):
         for n, m in zip(widths[:-1], widths[1:]):
             values.append(rs.normal(0.0, np.sqrt(2 / (m + n)), size=(m, n)).astype(np.float32))
@@ -31,4 +49,7 @@ def reference_init(rs: np.random.RandomState, arch: Arch) -> dict[str, np.ndarra
         for _ in range(arch.dcn_num_layers):
             values.append(rs.normal(0.0, std, size=shape).astype(np.float32))
     values += [np.zeros(n, dtype=np.float32) for _ in range(arch.dcn_num_layers)]
-    return dict(zip(parameter_order(arch), values, strict=True))
+    names = parameter_order(arch)
+    dense = [name for name in names if not name.startswith("sparse_arch.")]
+    out.update(zip(dense, values, strict=True))
+    return {name: out[name] for name in names}

@@ -225,6 +225,7 @@ def table_constraints(
     cfg: ShardingConfig,
     device_type: str,
     pooling_factors: Sequence[float],
+    replicate: str = "",
 ) -> dict[str, ParameterConstraints]:
     """Per-table planner constraints from the config, checked against what the device runs.
 
@@ -232,6 +233,7 @@ def table_constraints(
     type or kernel applies to every table; [sharding.tables.*] wins per table. FBGEMM's
     fused kernels need dim % 4 == 0, so other tables are replicated with the dense kernel:
     a forced setting yields to that (with a note), an override contradicting it is an error.
+    `replicate` (a reason) replicates every table the same way.
     """
     names = [t.name for t in tables]
     features = {t.name: t.feature_names[0] for t in tables}
@@ -239,7 +241,8 @@ def table_constraints(
     out: dict[str, ParameterConstraints] = {}
     replicated: list[str] = []
     for table, pooling in zip(tables, pooling_factors):
-        types, kernels, yielded = _allowed(table, overrides.get(table.name, {}), cfg, device_type)
+        own = overrides.get(table.name, {})
+        types, kernels, yielded = _allowed(table, own, cfg, device_type, replicate)
         if yielded:
             replicated.append(table.name)
         cache = None
@@ -252,7 +255,9 @@ def table_constraints(
             pooling_factors=[float(pooling)],
             cache_params=cache,
         )
-    if replicated:
+    if replicated and replicate:
+        log.info("note: every table runs data_parallel with the dense kernel: %s", replicate)
+    elif replicated:
         log.info(
             "note: %d table(s) (%s) have a dim not divisible by 4 and run data_parallel "
             "with the dense kernel (FBGEMM's fused kernels need dim %% 4 == 0)",
@@ -263,10 +268,14 @@ def table_constraints(
 
 
 def _allowed(
-    table: EmbeddingBagConfig, own: dict[str, str], cfg: ShardingConfig, device_type: str
+    table: EmbeddingBagConfig,
+    own: dict[str, str],
+    cfg: ShardingConfig,
+    device_type: str,
+    replicate: str = "",
 ) -> tuple[list[str], list[str], bool]:
     """(sharding types, kernels) one table may use, and whether a forced setting yielded
-    to the dim % 4 rule. `own` is the table's override."""
+    to the dim % 4 rule (or to `replicate`, a reason). `own` is the table's override."""
     name = table.name
     types_here = SHARDING_TYPES_BY_DEVICE[device_type]
     kernels_here = KERNELS_BY_DEVICE[device_type]
@@ -284,11 +293,15 @@ def _allowed(
             f"table {name}: compute_kernel {kernel} (from {kernel_from}) needs CUDA; "
             f"on {device_type.upper()} use one of " + " | ".join(kernels_here)
         )
-    if table.embedding_dim % 4:
+    if table.embedding_dim % 4 or replicate:
         for key, value, src, want in (
             ("sharding_type", stype, type_from, "data_parallel"),
             ("compute_kernel", kernel, kernel_from, "dense"),
         ):
+            if key in own and value not in ("auto", want) and replicate:
+                raise ConfigError(
+                    f'table {name}: {key} {value} (from {src}): {replicate}; set {key} = "{want}"'
+                )
             if key in own and value not in ("auto", want):
                 raise ConfigError(
                     f"table {name}: {key} {value} (from {src}) needs an embedding dim "
@@ -431,8 +444,18 @@ def plan_for_config(
     memory = memory_per_rank(device_type, cfg.sharding, local_world_size, device)
     topology = build_topology(world_size, device_type, memory, local_world_size)
     tables = embedding_tables(model)
-    pooling = expected_pooling_factors(cfg.data, [t.num_embeddings for t in tables])
-    constraints = table_constraints(tables, cfg.sharding, device_type, pooling)
+    # a QR feature's two tables both read its bags: the factor of the input feature
+    arch = model.sparse_arch
+    per_feature = expected_pooling_factors(cfg.data, arch.feature_rows)
+    sources = arch.table_sources
+    pooling = [per_feature[sources[t.name]] for t in tables]
+    replicate = ""
+    if cfg.model.weighted_pooling == "learned":
+        replicate = (
+            "learned pooling weights get their gradient through the tables' inputs, which "
+            "torchrec's input all-to-all does not carry"
+        )
+    constraints = table_constraints(tables, cfg.sharding, device_type, pooling, replicate)
     batch = batch_size_per_rank or per_rank_batch_size(cfg.data.mini_batch_size, world_size)
     return plan_sharding(model, topology, memory, constraints, batch, cfg.optim.optimizer, pg=pg)
 

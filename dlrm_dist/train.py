@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from dlrm_dist import console, distributed
+from dlrm_dist.checkpoint import CheckpointManager, TrainState
 from dlrm_dist.cli import parse_args
 from dlrm_dist.config import Config, ConfigError
+from dlrm_dist.data import criteo
+from dlrm_dist.data.criteo_data import CriteoData
 from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData
 from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
 from dlrm_dist.init import reference_init
@@ -54,11 +57,17 @@ def make_data(
 
     `random`: the reference's generator, drawn from rs (the reference's global stream,
     shared with the initial weights and the other set) whole on every rank. `random-fast`:
-    each rank draws only its slice; batch b depends only on the seed, the set and b."""
+    each rank draws only its slice; batch b depends only on the seed, the set and b.
+    `dataset`: the processed Criteo data's train (or test) split, each rank reading its
+    slice (`dataset_tables` has preprocessed it and taken the tables from it)."""
     d = cfg.data
     seed = cfg.train.numpy_rand_seed
     batch = d.test_mini_batch_size if eval_set and d.test_mini_batch_size > 0 else None
     batch = batch or d.mini_batch_size
+    if d.generation == "dataset":  # the reference limits only the training batches
+        split, limit = ("test", 0) if eval_set else ("train", d.num_batches)
+        directory = criteo.processed_dir(d)
+        return CriteoData(directory, split, batch, rank, world_size, d.data_randomize, seed, limit)
     common = dict(
         dense_features=arch.m_den,
         table_sizes=arch.ln_emb,
@@ -82,6 +91,21 @@ def make_data(
     return ReferenceRandomData(spec, rs, seed, d.data_size, d.num_batches, batch, rank, world_size)
 
 
+def dataset_tables(cfg: Config, rank: int) -> Config:
+    """`dataset`: preprocess first when the processed data is missing (rank 0; the others
+    wait), then the tables' rows and the 13 dense features come from the data."""
+    if cfg.data.generation != "dataset":
+        return cfg
+    meta = criteo.ensure_processed(cfg.data, cfg.train.numpy_rand_seed, rank)
+    sizes = criteo.table_sizes(meta["counts"], cfg.model.embedding_sizes)
+    dense = criteo.dense_features(cfg.data.dense_features)
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, embedding_sizes=sizes),
+        data=dataclasses.replace(cfg.data, dense_features=dense),
+    )
+
+
 def usable_batches(data, world_size: int) -> int:
     """Batches every rank can take an equal slice of: a last partial batch that the world
     size does not divide is left out (torchrec's all-to-alls want equal local batches)."""
@@ -93,7 +117,7 @@ def usable_batches(data, world_size: int) -> int:
 
 def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.RandomState):
     """Model with the reference's initial weights, sharded; and its optimizer."""
-    weights = reference_init(rs, arch)
+    weights = reference_init(rs, arch, cfg.train.numpy_rand_seed)
     model = DLRMTrain(arch, cfg.model, device="meta")
     plan = distributed.build_plan(model, cfg, env)
     dmp = distributed.shard(model, plan, env, cfg.optim)
@@ -130,16 +154,37 @@ def evaluate(model, data, device, num_batches: int) -> dict[str, float]:
     return out
 
 
+def _iter_from(data, start: int):
+    """data's batches from index start. A source without `iter_from` is read from its
+    first batch and the ones before start dropped: right only when batch b depends on b
+    alone (not for a stream shared with other draws, like the reference's)."""
+    if start == 0:
+        return iter(data)
+    if hasattr(data, "iter_from"):
+        return data.iter_from(start)
+    return itertools.islice(data, start, None)
+
+
 class _Batches:
     """The epochs' batches in order, moved to the device, with the time spent waiting
     for them (data generation): the pipeline pulls batches itself, so we time here."""
 
-    def __init__(self, data, nbatches: int, nepochs: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        data,
+        nbatches: int,
+        nepochs: int,
+        device: torch.device,
+        start: tuple[int, int] = (0, 0),
+    ) -> None:
         self.device, self.wait = device, 0.0
-        # islice: a batch past nbatches (a partial one the ranks cannot split) is not drawn
-        self._it = itertools.chain.from_iterable(
-            itertools.islice(data, nbatches) for _ in range(nepochs)
-        )
+
+        def epoch(e: int):  # from batch start[1] of epoch start[0] (a resumed run) on
+            first = start[1] if e == start[0] else 0
+            # islice: a batch past nbatches (a partial one the ranks cannot split) is not drawn
+            return itertools.islice(_iter_from(data, first), max(0, nbatches - first))
+
+        self._it = itertools.chain.from_iterable(epoch(e) for e in range(start[0], nepochs))
 
     def __iter__(self):
         return self
@@ -170,8 +215,10 @@ class Stepper:
         if self.pipelined:
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
+            # pipeline_postproc: the QR id transform (embeddings.FeatureIds) runs a batch
+            # ahead with the input all-to-all
             self.pipeline = TrainPipelineSparseDist(
-                model, optimizer, env.device, execute_all_batches=True
+                model, optimizer, env.device, execute_all_batches=True, pipeline_postproc=True
             )
 
     def step(self, batches: _Batches) -> torch.Tensor:
@@ -198,6 +245,7 @@ class Stepper:
 
 
 def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunResult:
+    cfg = dataset_tables(cfg, env.rank)
     arch = derive_arch(cfg.model, cfg.data.dense_features)
     rs = np.random.RandomState(cfg.train.numpy_rand_seed)  # the reference's np.random
     torch.manual_seed(cfg.train.numpy_rand_seed)
@@ -223,6 +271,8 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
         out.arch(arch)
         out.data(train_data)  # draws the batches before the model, as the reference
     model, optimizer = build(cfg, env, arch, rs)
+    ckpt = CheckpointManager(cfg, model, optimizer, rs, env.rank, env.world_size)
+    state = ckpt.load()  # fresh unless resuming; a resume puts rs back where it was
     names = parameter_order(arch)
     if cfg.train.debug_mode:
         out.parameters("initial", distributed.gather_full_weights(model, names), names)
@@ -236,12 +286,14 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
     stepper = Stepper(model, optimizer, cfg, env)
     profiler = Profiler(cfg.metrics, env.rank)
     result.pipelined = stepper.pipelined
-    batches = _Batches(train_data, nbatches, cfg.train.nepochs, env.device)
-    out.start(nbatches * cfg.train.nepochs, env, cfg)
-    best_acc = 0.0
-    step = 0
-    for epoch in range(cfg.train.nepochs):
-        for j in range(nbatches):
+    start = (state.epoch, state.batch)
+    batches = _Batches(train_data, nbatches, cfg.train.nepochs, env.device, start)
+    done = min(state.epoch * nbatches + state.batch, nbatches * cfg.train.nepochs)
+    out.start(nbatches * cfg.train.nepochs - done, env, cfg)
+    best_acc = state.best_accuracy
+    step = state.step
+    for epoch in range(start[0], cfg.train.nepochs):
+        for j in range(start[1] if epoch == start[0] else 0, nbatches):
             t0, wait0 = time.perf_counter(), batches.wait
             step += 1
             lr = lr_policy.set_step(step)
@@ -263,6 +315,10 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
                 result.evals.append(metrics)
                 out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
                 out.eval_seconds += time.perf_counter() - eval_start
+            following = (epoch, j + 1) if j + 1 < nbatches else (epoch + 1, 0)
+            state = TrainState(step, *following, best_accuracy=best_acc)
+            ckpt.save(state)  # when due
+    ckpt.save(state, last=True)
     profiler.close()
     result.samples, result.seconds = out.finish()
     result.data_seconds = out.wait

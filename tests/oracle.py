@@ -28,7 +28,22 @@ Reference quirks that are reproduced on purpose (see the function docstrings):
   in float64;
 * the learning-rate policy freezes at the last *computed* value outside the
   warmup and decay windows whenever ``num_decay > 0`` (so after warmup the rate
-  stays at ``(W - 1) / W`` of the base rate until the decay starts).
+  stays at ``(W - 1) / W`` of the base rate until the decay starts);
+* QR tables (``QREmbeddingBag``) draw their weights from torch's generator (which
+  the reference seeds with the same seed), ``U(sqrt(1/n), 1)``: its
+  ``reset_parameters`` passes ``sqrt(1/n)`` as the *lower* bound; they take nothing
+  from the numpy stream;
+* an MD table (``PrEmbeddingBag``) is an ``nn.EmbeddingBag`` re-drawn xavier-uniform
+  from torch's generator, then overwritten from the numpy stream; its projection
+  (bias-free ``nn.Linear``, xavier-uniform from torch's generator) is kept.
+  Every module construction draws from torch's generator (``nn.EmbeddingBag``:
+  ``normal_``; ``nn.Linear``: ``kaiming_uniform_``), which moves the stream for the
+  tables after it.
+
+Where the reference cannot run, the oracle does what the reference's code means:
+MD tables at or below ``md_threshold`` rows keep ``m_spa`` (the reference builds
+``nn.EmbeddingBag(n, <list of dims>)`` and fails); rounded MD dims are integers
+(``pow_2_round`` returns floats, which ``nn.EmbeddingBag`` rejects).
 """
 
 from __future__ import annotations
@@ -50,6 +65,7 @@ __all__ = [
     "OracleDLRM",
     "OracleLRPolicy",
     "interaction_indices",
+    "md_dims",
     "num_interaction_features",
     "oracle_train",
     "seed_style_batch",
@@ -216,6 +232,72 @@ def seed_style_batches(
 # -------------------------------------------------------------------------- model
 
 
+def md_dims(ln_emb: Sequence[int], alpha: float, d0: int, round_dims: bool = False) -> list[int]:
+    """The reference's ``md_solver(n, alpha, d0=d0, round_dim=round_dims)``: tables
+    sorted by rows, ``d = d0 * n_0**alpha * n**-alpha`` in float32 (``d0`` for the
+    smallest, at least 1 for the rest), rounded (half to even); optionally to the
+    nearest power of two. Returned in table order."""
+    n = torch.tensor([int(v) for v in ln_emb])
+    n_sorted, indices = torch.sort(n)
+    nf = n_sorted.type(torch.float)
+    lamb = d0 * (nf[0] ** alpha)
+    d = torch.ones(len(nf)) * lamb * (nf ** (-alpha))
+    for i in range(len(d)):
+        if i == 0:
+            d[i] = d0
+        elif d[i] < 1:
+            d[i] = 1
+    d = torch.round(d).type(torch.long)
+    if round_dims:
+        d = (2 ** torch.round(torch.log2(d.type(torch.float)))).type(torch.long)
+    undo = [0] * len(indices)
+    for i, v in enumerate(indices.tolist()):
+        undo[v] = i
+    return [int(x) for x in d[undo]]
+
+
+class OracleQREmbeddingBag(nn.Module):
+    """Quotient-remainder bag sums: index i reads row ``i // c`` of a
+    ``(ceil(n / c), m)`` table and row ``i % c`` of a ``(c, m)`` table (computed as
+    the reference does, ``(i / c).long()``); the two sums are concatenated
+    (``(B, 2m)``), added or multiplied (``(B, m)``)."""
+
+    def __init__(self, n: int, m: int, c: int, operation: str) -> None:
+        super().__init__()
+        self.c, self.operation = c, operation
+        self.weight_q = nn.Parameter(torch.empty(int(np.ceil(n / c)), m))
+        self.weight_r = nn.Parameter(torch.empty(c, m))
+        nn.init.uniform_(self.weight_q, np.sqrt(1 / n))  # a = sqrt(1/n), b = 1
+        nn.init.uniform_(self.weight_r, np.sqrt(1 / n))
+
+    def forward(self, idx: Tensor, offsets: Tensor, per_sample_weights=None) -> Tensor:
+        bag = torch.nn.functional.embedding_bag
+        q = bag((idx / self.c).long(), self.weight_q, offsets, mode="sum", sparse=True)
+        r = bag(
+            torch.remainder(idx, self.c).long(), self.weight_r, offsets, mode="sum", sparse=True
+        )
+        if self.operation == "concat":
+            return torch.cat((q, r), dim=1)
+        return q + r if self.operation == "add" else q * r
+
+
+class OracleMDEmbeddingBag(nn.Module):
+    """A ``(n, d)`` bag sum projected to ``base`` by a bias-free linear map (none when
+    ``d == base``)."""
+
+    def __init__(self, n: int, d: int, base: int) -> None:
+        super().__init__()
+        self.embs = nn.EmbeddingBag(n, d, mode="sum", sparse=True)
+        nn.init.xavier_uniform_(self.embs.weight)
+        self.proj: nn.Module = nn.Identity()
+        if d < base:
+            self.proj = nn.Linear(d, base, bias=False)
+            nn.init.xavier_uniform_(self.proj.weight)
+
+    def forward(self, idx: Tensor, offsets: Tensor, per_sample_weights=None) -> Tensor:
+        return self.proj(self.embs(idx, offsets, per_sample_weights=per_sample_weights))
+
+
 def interaction_indices(num_features: int, itself: bool = False) -> tuple[list[int], list[int]]:
     """Row/column indices of the kept entries of the ``(F, F)`` Gram matrix.
 
@@ -293,6 +375,16 @@ class OracleDLRM(nn.Module):
         interaction_itself: keep the Gram-matrix diagonal in ``"dot"``.
         loss_threshold: if in ``(0, 1)`` the output is clamped to
             ``[thr, 1 - thr]``.
+        qr: ``(threshold, collisions, operation)``: tables of more rows than the
+            threshold are quotient-remainder tables; ``None``: none.
+        md: ``(threshold, alpha, round_dims)``: tables of more rows than the
+            threshold get ``md_dims`` dims (``m_spa`` the widest) and a projection.
+        weighted_pooling: ``None``, ``"fixed"`` or ``"learned"``: per-row weights
+            (ones) multiply each index's row in the bag sums; learned ones are
+            parameters, after the tables in ``parameters()``.
+
+    Draws from torch's global generator too (module construction; QR and MD
+    weights): seed it first, as the reference does.
     """
 
     def __init__(
@@ -307,6 +399,9 @@ class OracleDLRM(nn.Module):
         loss_threshold: float = 0.0,
         dcn_num_layers: int = 0,
         dcn_low_rank_dim: int = 0,
+        qr: tuple[int, int, str] | None = None,
+        md: tuple[int, float, bool] | None = None,
+        weighted_pooling: str | None = None,
     ) -> None:
         super().__init__()
         if interaction not in ("dot", "cat", "dcn"):
@@ -315,15 +410,31 @@ class OracleDLRM(nn.Module):
         self.interaction_itself = interaction_itself
         self.loss_threshold = loss_threshold
 
+        dims = md_dims(ln_emb, md[1], m_spa, md[2]) if md else [m_spa] * len(ln_emb)
         tables: list[nn.Module] = []
-        for n in ln_emb:
+        for i, n in enumerate(ln_emb):
             n = int(n)
-            bag = nn.EmbeddingBag(n, m_spa, mode="sum", sparse=True)
             bound = math.sqrt(1 / n)
+            if qr is not None and n > qr[0]:
+                tables.append(OracleQREmbeddingBag(n, m_spa, qr[1], qr[2]))
+                continue
+            if md is not None and n > md[0]:
+                bag = OracleMDEmbeddingBag(n, dims[i], max(dims))
+                weight = rs.uniform(low=-bound, high=bound, size=(n, dims[i])).astype(np.float32)
+                bag.embs.weight.data = torch.tensor(weight)
+                tables.append(bag)
+                continue
+            bag = nn.EmbeddingBag(n, m_spa, mode="sum", sparse=True)
             weight = rs.uniform(low=-bound, high=bound, size=(n, m_spa)).astype(np.float32)
             bag.weight.data = torch.tensor(weight)
             tables.append(bag)
         self.emb_l = nn.ModuleList(tables)
+        ones = [torch.ones(int(n), dtype=torch.float32) for n in ln_emb]
+        self.v_W_l: list[Tensor | None] | nn.ParameterList = [None] * len(ln_emb)
+        if weighted_pooling == "fixed":
+            self.v_W_l = ones
+        elif weighted_pooling == "learned":
+            self.v_W_l = nn.ParameterList([nn.Parameter(w) for w in ones])
         self.bot_l = _make_mlp(rs, ln_bot, sigmoid_last=False)
         self.top_l = _make_mlp(rs, ln_top, sigmoid_last=True)
         # DCN v2 (Wang et al. 2020, low-rank form): N = (F + 1) D; per layer W (N, r),
@@ -372,7 +483,11 @@ class OracleDLRM(nn.Module):
         ``t``; ``offsets`` may also be a stacked ``(F, B)`` tensor.
         """
         x = self.bot_l(X)
-        embs = [table(indices[t], offsets[t]) for t, table in enumerate(self.emb_l)]
+        embs = []
+        for t, table in enumerate(self.emb_l):
+            w = self.v_W_l[t]
+            psw = None if w is None else w.gather(0, indices[t])
+            embs.append(table(indices[t], offsets[t], per_sample_weights=psw))
         p = self.top_l(self.interact(x, embs))
         thr = self.loss_threshold
         if 0.0 < thr < 1.0:
@@ -446,6 +561,9 @@ def oracle_train(
     interaction_itself: bool = False,
     dcn_num_layers: int = 0,
     dcn_low_rank_dim: int = 0,
+    qr: tuple[int, int, str] | None = None,
+    md: tuple[int, float, bool] | None = None,
+    weighted_pooling: str | None = None,
     loss_function: str = "mse",
     loss_weights: Sequence[float] = (1.0, 1.0),
     loss_threshold: float = 0.0,
@@ -481,12 +599,14 @@ def oracle_train(
     """
     ln_emb = [int(v) for v in ln_emb]
     ln_bot = [int(v) for v in ln_bot]
-    if m_spa != ln_bot[-1]:
-        raise ValueError(f"m_spa={m_spa} must equal the last bottom MLP width {ln_bot[-1]}")
+    width = 2 * m_spa if qr is not None and qr[2] == "concat" else m_spa
+    if width != ln_bot[-1]:
+        raise ValueError(f"m_spa={m_spa} does not fit the last bottom MLP width {ln_bot[-1]}")
     num_int = num_interaction_features(len(ln_emb), ln_bot[-1], interaction, interaction_itself)
     ln_top = [num_int, *(int(v) for v in ln_top_user)]
 
     rs = np.random.RandomState(seed)
+    torch.manual_seed(seed)  # the reference seeds torch's generator with the same seed
     model = OracleDLRM(
         rs,
         m_spa,
@@ -498,6 +618,9 @@ def oracle_train(
         loss_threshold,
         dcn_num_layers,
         dcn_low_rank_dim,
+        qr,
+        md,
+        weighted_pooling,
     )
     init_params = [p.detach().numpy().copy() for p in model.parameters()]
 
@@ -603,7 +726,7 @@ def oracle_optimizers(model: OracleDLRM, name: str, lr: float) -> list[Optimizer
     if name == "rwsadagrad":
         return [OracleRWSAdagrad(model.parameters(), lr=lr)]
     if name == "adam":
-        tables = list(model.emb_l.parameters())
+        tables = [p for t in model.emb_l for n, p in t.named_parameters() if "proj" not in n]
         ids = {id(p) for p in tables}
         dense = [p for p in model.parameters() if id(p) not in ids]
         return [torch.optim.SparseAdam(tables, lr=lr), torch.optim.Adam(dense, lr=lr)]
@@ -642,6 +765,9 @@ def oracle_kwargs(cfg: Any) -> dict[str, Any]:
         interaction_itself=m.interaction_itself,
         dcn_num_layers=m.dcn_num_layers if m.interaction == "dcn" else 0,
         dcn_low_rank_dim=m.dcn_low_rank_dim if m.interaction == "dcn" else 0,
+        qr=(m.qr_threshold, m.qr_collisions, m.qr_operation) if m.qr_flag else None,
+        md=(m.md_threshold, m.md_temperature, m.md_round_dims) if m.md_flag else None,
+        weighted_pooling=m.weighted_pooling or None,
         loss_function=m.loss_function,
         loss_weights=m.loss_weights,
         loss_threshold=m.loss_threshold,

@@ -224,7 +224,10 @@ def test_cli_end_to_end_run(tmp_path):
             ["--arch-mlp-bot=4-3-5"],
             "ERROR: arch-sparse-feature-size 2 does not match last dim of bottom mlp 5",
         ),
-        (["--md-flag=True"], "ERROR: --md-flag is a reference flag that dlrm_dist does not"),
+        (
+            ["--activation-function=relu"],
+            "ERROR: --activation-function is a reference flag that dlrm_dist does not",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(args, line):

@@ -424,5 +424,9 @@ class RandomFastData:
 
     def __iter__(self) -> Iterator[Batch]:
         """TorchRec Batches: dense (n, m), KJT keyed feature_names(F), labels (n,)."""
-        for index in range(self.num_batches):
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[Batch]:
+        """Batches start, start + 1, ... (a resumed run): each depends only on its index."""
+        for index in range(start, self.num_batches):
             yield to_batch(self.raw(index), self.keys)

@@ -262,7 +262,13 @@ class ReferenceRandomData:
         return draw_batch(self.rs, self.spec, self.batch_size(index))
 
     def __iter__(self):
-        for index in range(self.num_batches):
+        return self.iter_from(0)
+
+    def iter_from(self, start: int):
+        """Batches start, start + 1, ...: a resumed run continues mid-epoch. Past batch 0
+        nothing reseeds, so rs must already hold the state the reference's stream had
+        there (the checkpoint restores it)."""
+        for index in range(start, self.num_batches):
             raw = self.raw(index)
             if self.world_size > 1:
                 n = raw.targets.shape[0] // self.world_size

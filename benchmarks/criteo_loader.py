@@ -1,0 +1,124 @@
+"""Criteo ingestion and loading speed on a generated Kaggle-layout file, one thread.
+
+    python benchmarks/criteo_loader.py [--lines N] [--batch B] [--train-batches K]
+
+Measured (samples/s, median of 3 passes over the first 100 batches, `torch.set_num_threads(1)`):
+  preprocess   `python -m dlrm_dist.data.criteo preprocess` (vocab and hash), lines/s;
+  raw          `CriteoData.raw(i)` (memory maps -> numpy), rank 0 of 1 and of 4;
+  batches      iterating `CriteoData` to TorchRec batches (KJT built), rank 0 of 1;
+  training     the trainer on that data (config: the reference's Kaggle MLPs,
+               13-512-256-64-16 / 512-256-1, dim 16, sgd), samples/s and its data wait.
+The file: `--lines` lines drawn from 50,000 distinct generated ones (13 small integers, 26
+categories out of ~1000 each). The machine is shared: compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
+
+from dlrm_dist.data.criteo import Preprocessor, Settings  # noqa: E402
+from dlrm_dist.data.criteo_data import CriteoData  # noqa: E402
+
+
+def generate(path: Path, lines: int) -> None:
+    rng = np.random.default_rng(0)
+    pool = []
+    for _ in range(50_000):
+        ints = rng.geometric(0.02, size=13) - 1
+        cats = rng.integers(0, 1000, size=26) * 2654435761 % (1 << 32)
+        label = int(rng.random() < 0.25)
+        pool.append("\t".join([str(label), *map(str, ints), *(f"{c:08x}" for c in cats)]) + "\n")
+    with open(path, "w") as fh:
+        for start in range(0, lines, len(pool)):
+            fh.writelines(pool[: min(len(pool), lines - start)])
+
+
+def rate(fn, samples: int, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return samples / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--train-batches", type=int, default=60)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="criteo_bench_"))
+    try:
+        measure(tmp, args)
+    finally:
+        shutil.rmtree(tmp)
+
+
+def measure(tmp: Path, args: argparse.Namespace) -> None:
+    raw = tmp / "train.txt"
+    generate(raw, args.lines)
+    print(f"file: {args.lines:,} lines, {raw.stat().st_size / 2**20:.0f} MiB")
+    for encoding, m in (("vocab", -1), ("hash", 1_000_000)):
+        start = time.perf_counter()
+        Preprocessor(Settings("kaggle", encoding, m), str(raw), tmp / encoding).run()
+        print(f"preprocess {encoding}: {args.lines / (time.perf_counter() - start):,.0f} lines/s")
+    out = tmp / "vocab"
+    b = args.batch
+    for randomize in ("none", "total"):
+        for world in (1, 4):
+            data = CriteoData(out, "train", b, 0, world, randomize, seed=1)
+            n = min(100, len(data) - 1)
+            per = rate(lambda: [data.raw(i) for i in range(n)], n * b // world)  # noqa: B023
+            print(f"raw, randomize={randomize}, rank 0 of {world}: {per:,.0f} samples/s")
+        data = CriteoData(out, "train", b, randomize=randomize, seed=1)
+        n = min(100, len(data) - 1)
+
+        def batches(data: CriteoData = data, n: int = n) -> None:
+            for i, _ in enumerate(data):
+                if i + 1 == n:
+                    break
+
+        print(f"batches, randomize={randomize}, 1 rank: {rate(batches, n * b):,.0f} samples/s")
+
+    from dlrm_dist.cli import parse_args
+    from dlrm_dist.train import quiet_libraries, run
+
+    quiet_libraries()
+    cfg = parse_args(
+        [
+            "--data-generation=dataset",
+            f"--processed-data-file={out}",
+            f"--raw-data-file={raw}",
+            "--arch-sparse-feature-size=16",
+            "--arch-mlp-bot=13-512-256-64-16",
+            "--arch-mlp-top=512-256-1",
+            "--loss-function=bce",
+            f"--mini-batch-size={b}",
+            f"--num-batches={args.train_batches}",
+            "--print-freq=1000000",
+            "--progress-bar=false",
+            "--threads=1",
+        ]
+    )
+    result = run(cfg)
+    print(
+        f"training, 1 rank, 1 thread: {result.samples / result.seconds:,.0f} samples/s, "
+        f"data wait {100 * result.data_seconds / result.seconds:.1f} %"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,617 @@
+"""Criteo preprocessing: raw TSV -> the processed, memory-mappable format training reads.
+
+    python -m dlrm_dist.data.criteo preprocess --data-set kaggle \\
+        --raw-data-file input/train.txt --processed-data-file input/kaggle_processed
+
+The processed directory holds, per day d (Kaggle: the 7 contiguous "days" the reference cuts
+train.txt into, by line count; Terabyte: day_0 ... day_23):
+
+    day_{d}_dense.npy   (n, 13) float32  log(max(x, 0) + 1) of I1..I13, missing = 0
+    day_{d}_sparse.npy  (n, 26) int32    row ids of C1..C26
+    day_{d}_labels.npy  (n, 1)  int32    0 / 1
+    day_{d}.json                         that day's summary (rows, bad lines, sub-sampled)
+    meta.json                            settings, days, rows per table ("counts"): written
+                                         last; its presence means the data is complete
+
+These are the file names, shapes and dtypes of torchrec's binary Criteo format, so
+`torchrec.datasets.criteo.InMemoryBinaryCriteoIterDataPipe` reads them too (tested).
+
+Categorical ids, as the reference's `data_utils.getCriteoAdData`: the hex value, `% M` when
+--max-ind-range M > 0, then (`--data-cat-encoding vocab`, the default) the row of that value in
+its feature's vocabulary: the sorted distinct values over all days (the reference numbers them
+in order of first appearance instead; the set of rows is the same). counts[f] = the
+vocabulary's size. `hash` skips the vocabulary (one pass, no vocabulary in memory): the row is
+the value % M and every table has M rows.
+`--data-sub-sample-rate r` drops each negative line with probability r (every day, as the
+reference), from a generator seeded with (--numpy-rand-seed, day).
+
+Memory is bounded by the block size plus, with `vocab`, the vocabulary (never by the file
+size): lines are parsed in blocks and appended to the output files. Resumable: each output is
+written under a temporary name and renamed when complete; a day whose `day_{d}.json` exists
+is skipped on a rerun (its raw file is not read), so an interrupted Terabyte run continues.
+`vocab` makes two passes: raw values per day (`day_{d}_raw.npy`, uint32, and its distinct
+values `day_{d}_uniques.npz`), then the vocabulary (`vocab.npz`), then the ids per day.
+
+Not from torchrec.datasets.criteo: its `tsv_to_npys` holds a whole file in Python lists
+(memory grows with the file), reports no line numbers, and its dense transform is
+log(x - min + 2), not the reference's; its `sparse_to_contiguous` loads every day and maps
+with a Python dict per value, and its frequency threshold gives other ids than the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlrm_dist.config import ConfigError, DataConfig, ModelConfig
+from dlrm_dist.data import criteo_tsv as tsv
+from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+DAYS = {"kaggle": 7, "terabyte": 24}
+ENCODINGS = ("vocab", "hash")
+META = "meta.json"
+SETTINGS = "settings.json"
+_HEADER_BYTES = 128  # .npy header of our (n, k) arrays: fixed, so it is rewritten in place
+_MAP_ROWS = 1 << 18  # rows per block when mapping raw values to vocabulary rows
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the processed data depends on; a rerun or a training run must match."""
+
+    data_set: str = "kaggle"
+    cat_encoding: str = "vocab"
+    max_ind_range: int = -1
+    sub_sample_rate: float = 0.0
+
+    def check(self) -> None:
+        if self.data_set not in DAYS:
+            raise ConfigError(f"--data-set={self.data_set} is not supported; use kaggle | terabyte")
+        if self.cat_encoding not in ENCODINGS:
+            raise ConfigError(f"--data-cat-encoding={self.cat_encoding}: use vocab | hash")
+        if self.cat_encoding == "hash" and self.max_ind_range <= 0:
+            raise ConfigError("--data-cat-encoding=hash needs --max-ind-range > 0 (rows per table)")
+        if self.max_ind_range >= 1 << 31:
+            raise ConfigError("--max-ind-range must be below 2^31 (row ids are int32)")
+        if not 0.0 <= self.sub_sample_rate < 1.0:
+            raise ConfigError("--data-sub-sample-rate must lie in [0, 1)")
+
+
+def settings_of(cfg: DataConfig) -> Settings:
+    return Settings(
+        cfg.data_set, cfg.cat_encoding, max(cfg.max_ind_range, -1), cfg.data_sub_sample_rate
+    )
+
+
+def processed_dir(cfg: DataConfig) -> Path:
+    """--processed-data-file, or `<raw-data-file without suffix>_processed` when empty."""
+    if cfg.processed_data_file:
+        return Path(cfg.processed_data_file)
+    if not cfg.raw_data_file:
+        raise ConfigError(
+            "--data-generation=dataset needs --raw-data-file or --processed-data-file"
+        )
+    return Path(str(Path(cfg.raw_data_file).with_suffix("")) + "_processed")
+
+
+def raw_files(data_set: str, raw_data_file: str) -> list[Path]:
+    """Kaggle: the one file. Terabyte: `<raw>_0` ... `<raw>_23`, each plain or `.gz`."""
+    if data_set == "kaggle":
+        paths = [Path(raw_data_file)]
+    else:
+        paths = []
+        for day in range(DAYS[data_set]):
+            plain = Path(f"{raw_data_file}_{day}")
+            gz = Path(f"{raw_data_file}_{day}.gz")
+            paths.append(gz if not plain.exists() and gz.exists() else plain)
+    return paths
+
+
+def load_meta(directory: str | Path) -> dict[str, Any] | None:
+    """The processed data's meta.json, or None if it is not complete."""
+    path = Path(directory) / META
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+_FLAGS = {
+    "data_set": "data-set",
+    "cat_encoding": "data-cat-encoding",
+    "max_ind_range": "max-ind-range",
+    "sub_sample_rate": "data-sub-sample-rate",
+}
+
+
+def check_settings(found: dict[str, Any], want: Settings, directory: Path) -> None:
+    diff = [
+        f"--{_FLAGS[key]}={found.get(key)} (not {value})"
+        for key, value in asdict(want).items()
+        if found.get(key) != value
+    ]
+    if diff:
+        raise ConfigError(
+            f"{directory} holds data preprocessed with {', '.join(diff)}: use those settings, "
+            "or another --processed-data-file"
+        )
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class _NpyWriter:
+    """Rows appended to a 2-D .npy under a temporary name; the header (written first for 0
+    rows, always 128 bytes for our shapes) is rewritten with the row count at close, then the
+    file is renamed into place. Nothing but the current block is held in memory."""
+
+    def __init__(self, path: Path, dtype: Any, width: int) -> None:
+        self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.fh = open(self.tmp, "wb")  # noqa: SIM115 (closed in close/abort)
+        self._header()
+
+    def _header(self) -> None:
+        self.fh.seek(0)
+        np.lib.format.write_array_header_1_0(
+            self.fh,
+            {
+                "descr": np.lib.format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": (self.rows, self.width),
+            },
+        )
+        assert self.fh.tell() == _HEADER_BYTES
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, self.width)
+        self.fh.write(rows.data)
+        self.rows += rows.shape[0]
+
+    def close(self) -> None:
+        self._header()
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _Uniques:
+    """Sorted distinct values per feature, merged lazily: new blocks' values wait in a list
+    until they outweigh what is merged, so merging costs O(total log total) overall."""
+
+    def __init__(self) -> None:
+        self.merged = [np.empty(0, dtype=np.uint32) for _ in range(NUM_SPARSE)]
+        self.pending: list[list[np.ndarray]] = [[] for _ in range(NUM_SPARSE)]
+        self.size = [0] * NUM_SPARSE
+
+    def add(self, values: np.ndarray) -> None:
+        for f in range(NUM_SPARSE):
+            u = np.unique(values[:, f])
+            self.pending[f].append(u)
+            self.size[f] += u.size
+            if self.size[f] > max(self.merged[f].size, 1 << 16):
+                self._merge(f)
+
+    def _merge(self, f: int) -> None:
+        self.merged[f] = np.unique(np.concatenate([self.merged[f], *self.pending[f]]))
+        self.pending[f], self.size[f] = [], 0
+
+    def result(self) -> list[np.ndarray]:
+        for f in range(NUM_SPARSE):
+            self._merge(f)
+        return self.merged
+
+
+def dense_transform(x: np.ndarray) -> np.ndarray:
+    """The reference's: negatives to 0, then log(x + 1) in float32."""
+    return np.log(np.maximum(x, 0).astype(np.float32) + np.float32(1))
+
+
+def _pieces_by_day(
+    stream: Iterable[tuple[int, int, bytes]], days: int
+) -> Iterator[tuple[int, Iterator[tuple[int, bytes]]]]:
+    """(day, its (first line, block) pieces) for every day in order, days without lines too.
+    `stream` yields (day, first line, block) with non-decreasing days."""
+    groups = itertools.groupby(stream, key=lambda piece: piece[0])
+    current = next(groups, None)
+    for day in range(days):
+        if current is not None and current[0] == day:
+            yield day, ((first, block) for _, first, block in current[1])
+            current = next(groups, None)
+        else:
+            yield day, iter(())
+
+
+def _kaggle_stream(path: Path, ends: np.ndarray, bar: Any) -> Iterator[tuple[int, int, bytes]]:
+    """(day, first line, block) of train.txt, blocks cut where a day ends: day d holds lines
+    [ends[d - 1], ends[d]) (0-based)."""
+    for first, block in tsv.read_blocks(path, on_progress=bar.to):
+        nls = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+        lo = 0
+        while lo < nls.size:
+            day = int(np.searchsorted(ends, first - 1 + lo, side="right"))
+            hi = min(nls.size, int(ends[day]) - (first - 1))
+            start = 0 if lo == 0 else int(nls[lo - 1]) + 1
+            yield day, first + lo, block[start : int(nls[hi - 1]) + 1]
+            lo = hi
+
+
+class _Bar:
+    """tqdm over bytes when stderr is a terminal, else nothing."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+
+    def to(self, position: int) -> None:
+        if self.bar is not None:
+            self.bar.update(position - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Preprocessor:
+    """One preprocessing job: raw files -> `directory` (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        raw_data_file: str,
+        directory: str | Path,
+        skip_bad_lines: bool = False,
+        seed: int = 123,
+    ) -> None:
+        settings.check()
+        self.settings, self.skip_bad_lines = settings, skip_bad_lines
+        self.dir = Path(directory)
+        self.days = DAYS[settings.data_set]
+        self.raw = raw_files(settings.data_set, raw_data_file) if raw_data_file else []
+        self.seed = seed
+
+    def _path(self, day: int, what: str) -> Path:
+        return self.dir / f"day_{day}_{what}"
+
+    def run(self) -> dict[str, Any]:
+        meta = load_meta(self.dir)
+        if meta is not None:
+            check_settings(meta, self.settings, self.dir)
+            log.info("%s: already preprocessed", self.dir)
+            return meta
+        if not self.raw:
+            raise ConfigError(
+                f"{self.dir} holds no preprocessed data ({META} is missing): "
+                "pass --raw-data-file to preprocess"
+            )
+        missing = [str(p) for p in self.raw if not p.is_file()]
+        if missing:
+            raise ConfigError(f"raw data file {missing[0]} does not exist: check --raw-data-file")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._settings_file()
+        start = time.perf_counter()
+        records = self._parse_days()
+        counts = self._sparse_ids()
+        meta = {
+            "format": FORMAT,
+            **asdict(self.settings),
+            "seed": self.seed,
+            "dense_features": NUM_DENSE,
+            "counts": counts,
+            "days": records,
+        }
+        _write_json(self.dir / META, meta)
+        for day in range(self.days):
+            self._path(day, "uniques.npz").unlink(missing_ok=True)
+        self._summary(records, time.perf_counter() - start)
+        return meta
+
+    def _settings_file(self) -> None:
+        path = self.dir / SETTINGS
+        if path.exists():  # a resumed run: same settings, and the first run's seed
+            found = json.loads(path.read_text())
+            check_settings(found, self.settings, self.dir)
+            self.seed = int(found["seed"])
+        else:
+            _write_json(path, {"format": FORMAT, **asdict(self.settings), "seed": self.seed})
+
+    def _done(self, day: int) -> dict[str, Any] | None:
+        path = self.dir / f"day_{day}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    # pass 1: parse every day not done yet
+    def _parse_days(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any] | None] = [self._done(d) for d in range(self.days)]
+        todo = [d for d in range(self.days) if records[d] is None]
+        if todo and len(todo) < self.days:
+            log.info("resuming: days %s already done", [d for d in range(self.days) if records[d]])
+        if not todo:
+            return records  # type: ignore[return-value]
+        if self.settings.data_set == "kaggle":
+            path = self.raw[0]
+            bar = _Bar(path.stat().st_size, f"counting lines of {path.name}")
+            total = tsv.count_lines(path, on_progress=bar.to)
+            bar.close()
+            per, extra = divmod(total, self.days)
+            ends = np.cumsum([per + 1] * extra + [per] * (self.days - extra))
+            bar = _Bar(path.stat().st_size, f"parsing {path.name}")
+            for day, pieces in _pieces_by_day(_kaggle_stream(path, ends, bar), self.days):
+                if records[day] is None:
+                    records[day] = self._parse_day(day, pieces, path)
+            bar.close()
+        else:
+            for day in todo:
+                path = self.raw[day]
+                bar = _Bar(path.stat().st_size, f"parsing {path.name}")
+                pieces = tsv.read_blocks(path, on_progress=bar.to)
+                records[day] = self._parse_day(day, pieces, path)
+                bar.close()
+        return records  # type: ignore[return-value]
+
+    def _parse_day(
+        self, day: int, pieces: Iterable[tuple[int, bytes]], path: Path
+    ) -> dict[str, Any]:
+        s = self.settings
+        vocab = s.cat_encoding == "vocab"
+        writers = [
+            _NpyWriter(self._path(day, "dense.npy"), np.float32, NUM_DENSE),
+            _NpyWriter(self._path(day, "labels.npy"), np.int32, 1),
+            _NpyWriter(self._path(day, "raw.npy" if vocab else "sparse.npy"), _id_dtype(s), 26),
+        ]
+        uniques = _Uniques() if vocab else None
+        rng = np.random.default_rng([self.seed, day]) if s.sub_sample_rate > 0 else None
+        lines = bad = dropped = positives = 0
+        first_bad = ""
+        try:
+            for first, block in pieces:
+                parsed = tsv.parse_block(block)
+                n_lines = parsed.labels.size + parsed.bad.size
+                lines += n_lines
+                if parsed.bad.size:
+                    where = f"{path}:{first + int(parsed.bad[0])}"
+                    lo, hi = parsed.bad_spans[0]
+                    reason = f"{where}: {tsv.describe(block[lo:hi])}"
+                    if not self.skip_bad_lines:
+                        raise ConfigError(f"{reason} (or pass --skip-bad-lines)")
+                    bad += parsed.bad.size
+                    first_bad = first_bad or reason
+                labels, dense, sparse = parsed.labels, parsed.dense, parsed.sparse
+                if rng is not None:
+                    drop = (labels == 0) & (rng.random(labels.size) < s.sub_sample_rate)
+                    dropped += int(drop.sum())
+                    keep = ~drop
+                    labels, dense, sparse = labels[keep], dense[keep], sparse[keep]
+                if s.max_ind_range > 0:
+                    sparse = sparse % np.uint32(s.max_ind_range)
+                positives += int(labels.sum())
+                writers[0].append(dense_transform(dense))
+                writers[1].append(labels)
+                writers[2].append(sparse)
+                if uniques is not None:
+                    uniques.add(sparse)
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+        for w in writers:
+            w.close()
+        if uniques is not None:
+            _save_npz(self._path(day, "uniques.npz"), uniques.result())
+        record = {
+            "source": str(path),
+            "lines": lines,
+            "rows": writers[0].rows,
+            "positives": positives,
+            "bad_lines": bad,
+            "first_bad_line": first_bad,
+            "dropped_negatives": dropped,
+        }
+        _write_json(self.dir / f"day_{day}.json", record)
+        log.info(
+            "day %d: %d rows from %d lines (%d bad lines skipped, %d negatives sub-sampled away)",
+            day,
+            record["rows"],
+            lines,
+            bad,
+            dropped,
+        )
+        return record
+
+    # pass 2 (vocab): the vocabulary, then every day's ids
+    def _sparse_ids(self) -> list[int]:
+        s = self.settings
+        if s.cat_encoding == "hash":
+            return [s.max_ind_range] * NUM_SPARSE
+        vocab_path = self.dir / "vocab.npz"
+        if not vocab_path.exists():
+            merged = [np.empty(0, dtype=np.uint32) for _ in range(NUM_SPARSE)]
+            for day in range(self.days):
+                with np.load(self._path(day, "uniques.npz")) as z:
+                    for f in range(NUM_SPARSE):
+                        merged[f] = np.union1d(merged[f], z[f"f{f}"])
+            if max(v.size for v in merged) >= 1 << 31:
+                raise ConfigError("a vocabulary has 2^31 values or more: set --max-ind-range")
+            _save_npz(vocab_path, merged)
+        with np.load(vocab_path) as z:
+            vocab = [z[f"f{f}"] for f in range(NUM_SPARSE)]
+        for day in range(self.days):
+            raw_path = self._path(day, "raw.npy")
+            if self._path(day, "sparse.npy").exists():
+                raw_path.unlink(missing_ok=True)
+                continue
+            empty = raw_path.stat().st_size == _HEADER_BYTES  # numpy cannot map 0 bytes
+            raw = None if empty else np.load(raw_path, mmap_mode="r")
+            rows = 0 if raw is None else raw.shape[0]
+            out = _NpyWriter(self._path(day, "sparse.npy"), np.int32, NUM_SPARSE)
+            try:
+                for lo in range(0, rows, _MAP_ROWS):
+                    block = np.asarray(raw[lo : lo + _MAP_ROWS])  # type: ignore[index]
+                    ids = np.empty(block.shape, dtype=np.int32)
+                    for f in range(NUM_SPARSE):
+                        ids[:, f] = np.searchsorted(vocab[f], block[:, f])
+                    out.append(ids)
+            except BaseException:
+                out.abort()
+                raise
+            out.close()
+            del raw
+            raw_path.unlink()
+        return [int(v.size) for v in vocab]
+
+    def _summary(self, records: list[dict[str, Any]], seconds: float) -> None:
+        total = {k: sum(r[k] for r in records) for k in ("lines", "rows", "bad_lines")}
+        dropped = sum(r["dropped_negatives"] for r in records)
+        log.info(
+            "preprocessed %s: %d rows in %d days from %d lines (%d bad lines skipped, "
+            "%d negatives sub-sampled away) in %.1f s",
+            self.dir,
+            total["rows"],
+            self.days,
+            total["lines"],
+            total["bad_lines"],
+            dropped,
+            seconds,
+        )
+        for r in records:
+            if r["first_bad_line"]:
+                log.info("first bad line: %s", r["first_bad_line"])
+                break
+
+
+def _id_dtype(s: Settings) -> Any:
+    return np.uint32 if s.cat_encoding == "vocab" else np.int32
+
+
+def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{f"f{f}": a for f, a in enumerate(arrays)})
+    os.replace(tmp, path)
+
+
+def table_sizes(counts: list[int], given: list[int]) -> list[int]:
+    """Rows per table for the model: the data's counts. --arch-embedding-size left at its
+    default is ignored (the reference ignores it with a data set); given, it must match."""
+    counts = [int(c) for c in counts]
+    if min(counts, default=0) < 1:
+        raise ConfigError("the processed data has an empty table (no rows): preprocess more data")
+    if list(given) not in (ModelConfig().embedding_sizes, counts):
+        raise ConfigError(
+            f"--arch-embedding-size={'-'.join(map(str, given))} does not match the data's "
+            f"{len(counts)} tables ({'-'.join(map(str, counts))}): leave it out with "
+            "--data-generation=dataset (the data sets the tables' rows)"
+        )
+    return counts
+
+
+def dense_features(given: int) -> int:
+    """Criteo has 13 dense features; --arch-dense-feature-size, when given, must say so."""
+    if given not in (0, NUM_DENSE):
+        raise ConfigError(
+            f"--arch-dense-feature-size={given}: Criteo has {NUM_DENSE} dense features"
+        )
+    return NUM_DENSE
+
+
+def ensure_processed(cfg: DataConfig, seed: int, rank: int = 0, poll_s: float = 1.0):
+    """The processed data's meta, preprocessing first when it is not complete (as the
+    reference does). Rank 0 preprocesses; the others wait for its meta.json (polling the
+    file, not a collective: preprocessing can outlast a process-group timeout; if rank 0
+    fails, the launcher stops them)."""
+    directory = processed_dir(cfg)
+    settings = settings_of(cfg)
+    if rank == 0:
+        return Preprocessor(settings, cfg.raw_data_file, directory, cfg.skip_bad_lines, seed).run()
+    while (meta := load_meta(directory)) is None:
+        time.sleep(poll_s)
+    check_settings(meta, settings, directory)
+    return meta
+
+
+# --- python -m dlrm_dist.data.criteo ------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dlrm_dist.data.criteo",
+        description="Criteo raw TSV -> the processed format dlrm_dist trains on.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("preprocess", help="convert the raw files (resumable)")
+    p.add_argument("--data-set", default="kaggle", choices=sorted(DAYS))
+    p.add_argument(
+        "--raw-data-file",
+        required=True,
+        help="Kaggle: train.txt; Terabyte: the prefix of day_0 ... day_23 (e.g. input/day)",
+    )
+    p.add_argument(
+        "--processed-data-file", default="", help="output directory [<raw-data-file>_processed]"
+    )
+    p.add_argument(
+        "--max-ind-range", type=int, default=-1, help="categorical values modulo this, when > 0"
+    )
+    p.add_argument(
+        "--data-cat-encoding",
+        default="vocab",
+        choices=ENCODINGS,
+        help="vocab: rows of each feature's distinct values (the reference); hash: value mod "
+        "--max-ind-range",
+    )
+    p.add_argument(
+        "--data-sub-sample-rate", type=float, default=0.0, help="drop this fraction of negatives"
+    )
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
+    p.add_argument("--numpy-rand-seed", type=int, default=123, help="seed of the sub-sampling")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = DataConfig(
+        data_set=args.data_set,
+        raw_data_file=args.raw_data_file,
+        processed_data_file=args.processed_data_file,
+        max_ind_range=args.max_ind_range,
+        cat_encoding=args.data_cat_encoding,
+        data_sub_sample_rate=args.data_sub_sample_rate,
+        skip_bad_lines=args.skip_bad_lines,
+    )
+    try:
+        ensure_processed(cfg, args.numpy_rand_seed)
+    except ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ERROR: interrupted (rerun to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

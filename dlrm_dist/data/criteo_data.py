@@ -1,0 +1,211 @@
+"""`--data-generation dataset`: Criteo batches read from the processed, memory-mapped days.
+
+Splits, as the reference (`dlrm_data_pytorch.CriteoDataset` and `data_utils`): the last day
+is held out, every earlier day is training data; the last day's first half (ceil(n / 2)
+rows) is `test`, its second half `val` (`np.array_split(last_day, 2)`). Kaggle: the 7
+contiguous "days" preprocessing cut train.txt into (days 0-5 train, day 6 test/val);
+Terabyte: days 0-22 train, day 23 test/val. The trainer evaluates on `test`, as the reference.
+
+Shuffling (`--data-randomize`, training rows only, fixed for the run as in the reference):
+`total` permutes all training rows, `day` permutes within each day (days stay in order), `none`
+keeps the file order. The permutation is a keyed bijection of [0, n) (a 4-round Feistel
+network on the next even power of two, cycle-walking back into range), so it costs no memory
+and any rank computes any batch's rows alone; the reference draws `np.random.permutation`
+from its global stream instead, so its order (and, since that stream then seeds the weights,
+its initial weights) differ from ours when shuffling.
+
+Global batch b holds positions [b B, (b + 1) B) of the split's order; a rank reads only rows
+[start, stop) of it (its contiguous slice, `random_fast.local_bounds`) from the memory maps, so
+concatenating the ranks' slices gives the global batch for any world size. The last batch is
+partial, like the other generators (the trainer leaves it out when the ranks cannot split it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from torchrec.datasets.utils import Batch
+
+from dlrm_dist.config import ConfigError
+from dlrm_dist.data.criteo import load_meta
+from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
+from dlrm_dist.data.random_fast import local_bounds
+from dlrm_dist.data.reference_random import RawBatch, feature_names, to_batch
+
+SPLITS = ("train", "val", "test")
+RANDOMIZE = ("total", "day", "none")
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer on a Python int (seeds the round keys)."""
+    x &= _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+class Bijection:
+    """A keyed permutation of [0, n): Feistel rounds on 2k bits (4^k >= n), each round's
+    function the splitmix64 finalizer of (half, round key); values that land >= n are
+    permuted again (cycle walking, < 4 rounds on average) until they fall inside."""
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, key: int) -> None:
+        self.n = n
+        bits = max(2, (max(n, 2) - 1).bit_length())
+        self.half = (bits + 1) // 2
+        self.mask = np.uint64((1 << self.half) - 1)
+        k = _mix64(key)
+        self.keys = []
+        for _ in range(self.ROUNDS):
+            k = _mix64(k + 0x9E3779B97F4A7C15)
+            self.keys.append(np.uint64(k))
+
+    def _round(self, r: np.ndarray, key: np.uint64) -> np.ndarray:
+        z = r ^ key
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return (z ^ (z >> np.uint64(31))) & self.mask
+
+    def _once(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(self.half), x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ self._round(right, key)
+        return (left << np.uint64(self.half)) | right
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """perm(x) for x (L,) int64 in [0, n): (L,) int64."""
+        if self.n <= 1:
+            return np.asarray(x, dtype=np.int64).copy()
+        y = self._once(np.asarray(x, dtype=np.uint64))
+        out = np.flatnonzero(y >= self.n)
+        while out.size:
+            y[out] = self._once(y[out])
+            out = out[y[out] >= self.n]
+        return y.astype(np.int64)
+
+
+class CriteoData:
+    """One split of the processed Criteo data as batches, this rank's slice of each.
+
+    `len()` = ceil(rows / mini_batch_size) (at most num_batches when > 0); `batch_size(i)`
+    the global size of batch i; `raw(i)` this rank's slice as a RawBatch: dense (n, 13) f32,
+    lengths (26, n) int64 (all ones), values (26 n,) int64 table-major, targets (n, 1) f32.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        split: str,
+        mini_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        randomize: str = "none",
+        seed: int = 0,
+        num_batches: int = 0,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+        if randomize not in RANDOMIZE:
+            raise ConfigError(f"--data-randomize={randomize}: use one of {' | '.join(RANDOMIZE)}")
+        meta = load_meta(directory)
+        if meta is None:
+            raise ConfigError(f"{directory} holds no processed Criteo data (no meta.json)")
+        self.dir = Path(directory)
+        self.counts = list(meta["counts"])
+        rows = [int(day["rows"]) for day in meta["days"]]
+        last = len(rows) - 1
+        half = math.ceil(rows[last] / 2)
+        # the split as segments (day, first row, end row), in order
+        if split == "train":
+            segments = [(d, 0, rows[d]) for d in range(last)]
+        elif split == "test":
+            segments = [(last, 0, half)]
+        else:
+            segments = [(last, half, rows[last])]
+        self.segments = [s for s in segments if s[2] > s[1]]
+        sizes = [hi - lo for _, lo, hi in self.segments]
+        self.starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        self.rows = int(self.starts[-1])
+        self.mini_batch_size = mini_batch_size
+        self.rank, self.world_size = rank, world_size
+        full = math.ceil(self.rows / mini_batch_size)
+        self.num_batches = min(full, num_batches) if num_batches > 0 else full
+        self.keys = feature_names(NUM_SPARSE)
+        self.randomize = randomize if split == "train" else "none"
+        self._perm_total = Bijection(self.rows, _mix64(seed) ^ 0x7074)
+        self._perm_day = [
+            Bijection(n, _mix64(seed) ^ (day + 1)) for (day, _, _), n in zip(self.segments, sizes)
+        ]
+        self._maps = [self._open(day) for day, _, _ in self.segments]
+
+    def _open(self, day: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        arrays = []
+        for what, width in (("dense", NUM_DENSE), ("sparse", NUM_SPARSE), ("labels", 1)):
+            a = np.load(self.dir / f"day_{day}_{what}.npy", mmap_mode="r")
+            if a.ndim != 2 or a.shape[1] != width:
+                raise ConfigError(f"{self.dir}/day_{day}_{what}.npy has shape {a.shape}")
+            arrays.append(a)
+        return arrays[0], arrays[1], arrays[2]
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch_size(self, index: int) -> int:
+        """Global samples in batch `index`."""
+        return min(self.mini_batch_size, self.rows - index * self.mini_batch_size)
+
+    def positions(self, index: int) -> np.ndarray:
+        """Rows of the split (in file order) that this rank's slice of batch `index` holds."""
+        start, stop = local_bounds(self.batch_size(index), self.rank, self.world_size)
+        pos = np.arange(start, stop, dtype=np.int64) + index * self.mini_batch_size
+        if self.randomize == "total":
+            return self._perm_total(pos)
+        if self.randomize == "day":
+            seg = np.searchsorted(self.starts, pos, side="right") - 1
+            out = np.empty_like(pos)
+            for s in np.unique(seg):
+                m = seg == s
+                out[m] = self.starts[s] + self._perm_day[s](pos[m] - self.starts[s])
+            return out
+        return pos
+
+    def raw(self, index: int) -> RawBatch:
+        """This rank's slice of global batch `index` (see the class docstring)."""
+        rows = self.positions(index)
+        n = rows.size
+        dense = np.empty((n, NUM_DENSE), dtype=np.float32)
+        sparse = np.empty((n, NUM_SPARSE), dtype=np.int32)
+        labels = np.empty((n, 1), dtype=np.int32)
+        seg = np.searchsorted(self.starts, rows, side="right") - 1
+        contiguous = self.randomize == "none"
+        for s in np.unique(seg):
+            day_lo = self.segments[s][1] - self.starts[s]  # split row -> row in the day
+            m = seg == s
+            if contiguous:  # one slice of the memory map per day
+                lo, hi = int(rows[m][0] + day_lo), int(rows[m][-1] + day_lo + 1)
+                pick: slice | np.ndarray = slice(lo, hi)
+            else:
+                pick = rows[m] + day_lo
+            for out, src in zip((dense, sparse, labels), self._maps[s]):
+                out[m] = src[pick]
+        return RawBatch(
+            dense=dense,
+            lengths=np.ones((NUM_SPARSE, n), dtype=np.int64),
+            values=sparse.T.astype(np.int64).reshape(-1),
+            targets=labels.astype(np.float32),
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        """TorchRec Batches: dense (n, 13), KJT keyed cat_0..cat_25 (one id each), labels (n,)."""
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[Batch]:
+        """Batches start, start + 1, ... (a resumed run): each depends only on its index."""
+        for index in range(start, self.num_batches):
+            yield to_batch(self.raw(index), self.keys)

@@ -1,0 +1,252 @@
+"""The embedding side of DLRM: the reference's plain, quotient-remainder (QR) and
+mixed-dimension (MD) tables and its weighted pooling, all as rows of one TorchRec
+EmbeddingBagCollection, so every table shards like any other.
+
+Shapes: B bags per feature (batch), F input features (one per reference table),
+D = the bottom MLP's output width (every feature's vector ends up D wide).
+
+- QR (Shi et al. 2019, the reference's QREmbeddingBag): a table of n > --qr-threshold
+  rows becomes a quotient table of ceil(n / c) rows and a remainder table of c rows
+  (c = --qr-collisions), both of dim --arch-sparse-feature-size. Index i looks up row
+  i // c of the first and i % c of the second; the two bag sums are combined by
+  concat (2x the dim), add or mult. Here they are two EBC tables read by two derived
+  features `cat_k_q`, `cat_k_r` (the ids transformed before the lookup).
+- MD (Ginart et al. 2019, the reference's md_solver + PrEmbeddingBag): table dims from
+  the alpha-power rule (below); a table of n > --md-threshold rows and dim d < D is
+  looked up at dim d and projected to D by a bias-free Linear (d -> D), which is dense
+  and trains with the MLPs.
+- Weighted pooling: every bag sum becomes sum_j w[i_j] E[i_j], with one weight per row
+  of each table: ones and fixed (`fixed`), or a trainable parameter starting at ones
+  (`learned`). The weights travel as the KJT's per-index weights into a weighted EBC.
+
+Written here rather than taken from torchrec because torchrec's SparseArch needs one
+dim for all tables and has no QR/MD.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import SparseArch
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlrm_dist.data.reference_random import feature_names
+
+if TYPE_CHECKING:
+    from dlrm_dist.model import Arch
+
+QR_OPERATIONS = ("concat", "add", "mult")
+
+
+def md_solver(rows: Sequence[int], temperature: float, d0: int, round_dims: bool) -> list[int]:
+    """The reference's mixed dimensions (md_solver with d0, alpha_power_rule, pow_2_round).
+
+    With the tables sorted by rows (n_0 the fewest), d_i = d0 (n_0 / n_i)^alpha, computed
+    in float32 as lambda n_i^-alpha with lambda = d0 n_0^alpha; the smallest table gets
+    d0 exactly, the others at least 1; rounded half to even. round_dims: then to the
+    nearest power of 2 (2^round(log2 d)). Returned in the tables' own order.
+    """
+    n = torch.tensor(list(rows), dtype=torch.int64)
+    n_sorted, order = torch.sort(n)
+    lamb = d0 * (n_sorted[0].type(torch.float) ** temperature)
+    d = torch.ones(len(n_sorted)) * lamb * (n_sorted.type(torch.float) ** (-temperature))
+    d[0] = d0
+    d[1:] = torch.where(d[1:] < 1, torch.ones_like(d[1:]), d[1:])
+    dims = torch.round(d).type(torch.long)
+    if round_dims:
+        dims = (2 ** torch.round(torch.log2(dims.type(torch.float)))).type(torch.long)
+    out = torch.empty_like(dims)
+    out[order] = dims
+    return out.tolist()
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One EBC table: its name, the KJT key it reads, rows x dim, and the input
+    feature (index into the F features) it serves."""
+
+    name: str
+    feature: str
+    rows: int
+    dim: int
+    source: int
+
+
+def table_specs(arch: Arch) -> list[TableSpec]:
+    """The EBC's tables in the reference's parameter order: per input feature its one
+    table, or (QR) its quotient then its remainder table."""
+    out: list[TableSpec] = []
+    for i, (feature, rows) in enumerate(zip(feature_names(len(arch.ln_emb)), arch.ln_emb)):
+        if arch.qr_tables[i]:
+            c = arch.qr_collisions
+            out.append(TableSpec(f"t_{feature}_q", f"{feature}_q", -(-rows // c), arch.m_spa, i))
+            out.append(TableSpec(f"t_{feature}_r", f"{feature}_r", c, arch.m_spa, i))
+        else:
+            out.append(TableSpec(f"t_{feature}", feature, rows, arch.emb_dims[i], i))
+    return out
+
+
+@torch.fx.wrap
+def derive_features(
+    features: KeyedJaggedTensor,
+    split: list[str],
+    collisions: int,
+    weighted: bool,
+    row_weights: dict[str, torch.Tensor],
+) -> KeyedJaggedTensor:
+    """The KJT the EBC reads: each feature in `split` replaced by `<key>_q` (ids // c)
+    and `<key>_r` (ids % c); with `weighted`, per-index weights w[id] from row_weights
+    (a feature without an entry: ones). Same bags (B per key) in the same order.
+
+    A leaf for fx (torch.fx.wrap): TrainPipelineSparseDist traces the model, and this
+    loops over the KJT's keys, which a trace cannot."""
+    per_key = features.to_dict()
+    keys: list[str] = []
+    values: list[torch.Tensor] = []
+    lengths: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = []
+    for key in features.keys():
+        ids, lens = per_key[key].values(), per_key[key].lengths()
+        if weighted:
+            if key in row_weights:
+                w = torch.index_select(row_weights[key], 0, ids)
+            else:
+                w = torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+        if key in split:
+            keys += [f"{key}_q", f"{key}_r"]
+            values += [torch.div(ids, collisions, rounding_mode="floor"), ids % collisions]
+            lengths += [lens, lens]
+            if weighted:
+                weights += [w, w]
+        else:
+            keys.append(key)
+            values.append(ids)
+            lengths.append(lens)
+            if weighted:
+                weights.append(w)
+    return KeyedJaggedTensor(
+        keys=keys,
+        values=torch.cat(values),
+        lengths=torch.cat(lengths),
+        weights=torch.cat(weights) if weighted else None,
+        stride=features.stride(),
+    )
+
+
+class FeatureIds(nn.Module):
+    """KJT -> the KJT the EBC reads, for QR and fixed weights (see derive_features).
+    A module without parameters, so TrainPipelineSparseDist (pipeline_postproc) can run
+    it with the input all-to-all, one batch ahead."""
+
+    def __init__(self, split: list[str], collisions: int, weighted: bool) -> None:
+        super().__init__()
+        self.split, self.collisions, self.weighted = split, collisions, weighted
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        return derive_features(features, self.split, self.collisions, self.weighted, {})
+
+
+class EmbeddingArch(SparseArch):
+    """KJT (F keys, B bags each) -> (B, F, D): torchrec's SparseArch, plus the
+    reference's QR tables, MD projections and weighted pooling when configured.
+
+    Parameters: the EBC's tables (`embedding_bag_collection.embedding_bags.<table>.weight`),
+    MD projections `proj.<table>.weight` (D, d), learned pooling weights
+    `pooling_weights.<table>` (n,)."""
+
+    def __init__(self, ebc: EmbeddingBagCollection, arch: Arch) -> None:
+        super().__init__(ebc)
+        specs = table_specs(arch)
+        self.features = feature_names(len(arch.ln_emb))
+        self.qr_operation = arch.qr_operation
+        self.split = [f for f, qr in zip(self.features, arch.qr_tables) if qr]
+        self.collisions = arch.qr_collisions
+        self.weighted = arch.weighted_pooling in ("fixed", "learned")
+        self.proj = nn.ModuleDict(
+            {s.name: nn.Linear(s.dim, arch.m_spa, bias=False) for s in specs if s.dim < arch.m_spa}
+        )
+        self.pooling_weights = nn.ParameterDict()
+        if arch.weighted_pooling == "learned":
+            for s in specs:
+                self.pooling_weights[s.name] = nn.Parameter(torch.ones(s.rows))
+        self.ids = FeatureIds(self.split, self.collisions, arch.weighted_pooling == "fixed")
+        self._table_of = {s.feature: s.name for s in specs}
+        self._plain = not (self.split or self.weighted or len(self.proj))
+        self.feature_rows = list(arch.ln_emb)  # rows of each input feature's table
+        self.table_sources = {s.name: s.source for s in specs}  # table -> input feature
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        if self._plain:
+            return super().forward(features)
+        if len(self.pooling_weights):  # learned (no QR): the weights of this step
+            row_weights = {f: self.pooling_weights[t] for f, t in self._table_of.items()}
+            kjt = derive_features(features, [], 0, True, row_weights)
+        else:
+            kjt = self.ids(features)
+        pooled = self.embedding_bag_collection(kjt).to_dict()  # key -> (B, dim)
+        vectors: list[torch.Tensor] = []
+        for f in self.features:
+            if f in self.split:
+                q, r = pooled[f"{f}_q"], pooled[f"{f}_r"]
+                if self.qr_operation == "concat":
+                    vectors.append(torch.cat([q, r], dim=1))
+                elif self.qr_operation == "add":
+                    vectors.append(q + r)
+                else:
+                    vectors.append(q * r)
+            elif self._table_of[f] in self.proj:
+                vectors.append(self.proj[self._table_of[f]](pooled[f]))
+            else:
+                vectors.append(pooled[f])
+        return torch.stack(vectors, dim=1)
+
+
+def uses_torch_stream(arch: Arch) -> bool:
+    """Whether the reference draws some of these initial weights from torch's stream."""
+    return any(arch.qr_tables) or any(d < arch.m_spa for d in arch.emb_dims)
+
+
+def torch_stream_weights(seed: int, arch: Arch) -> dict[str, torch.Tensor]:
+    """The initial weights the reference draws from torch's generator (seeded, as it
+    does, with the seed), by replaying its module construction in table order:
+
+    - plain table: nn.EmbeddingBag(n, m) draws normal_ (n, m) (then overwritten);
+    - QR table: weight_q (ceil(n/c), m) then weight_r (c, m), each uniform_(sqrt(1/n), 1)
+      (its reset_parameters passes sqrt(1/n) as the lower bound; n = the full rows);
+    - MD table (dim d): nn.EmbeddingBag(n, d) normal_, xavier_uniform_ of it (both then
+      overwritten from numpy); if d < D, nn.Linear(d, D, bias=False)'s kaiming_uniform_,
+      then xavier_uniform_ (D, d): the projection kept.
+
+    Keyed by parameter name; replay stops after the last weight kept.
+    """
+    g = torch.Generator().manual_seed(seed)
+    specs = table_specs(arch)
+    keep_until = max(
+        (i for i, s in enumerate(specs) if arch.qr_tables[s.source] or s.dim < arch.m_spa),
+        default=-1,
+    )
+    prefix = "sparse_arch.embedding_bag_collection.embedding_bags"
+    out: dict[str, torch.Tensor] = {}
+    for s in specs[: keep_until + 1]:
+        n = arch.ln_emb[s.source]
+        if arch.qr_tables[s.source]:
+            w = torch.empty(s.rows, s.dim)
+            nn.init.uniform_(w, math.sqrt(1 / n), 1.0, generator=g)
+            out[f"{prefix}.{s.name}.weight"] = w
+            continue
+        w = torch.empty(n, s.dim)
+        nn.init.normal_(w, generator=g)
+        if arch.md_tables[s.source]:
+            nn.init.xavier_uniform_(w, generator=g)
+            if s.dim < arch.m_spa:
+                p = torch.empty(arch.m_spa, s.dim)
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=g)
+                nn.init.xavier_uniform_(p, generator=g)
+                out[f"sparse_arch.proj.{s.name}.weight"] = p
+    return out
