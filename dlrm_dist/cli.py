@@ -86,6 +86,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "threads": ("train", "threads"),
     "progress-bar": ("train", "progress_bar"),
     "pipeline": ("train", "pipeline"),
+    "mlperf-acc-threshold": ("train", "mlperf_acc_threshold"),
+    "mlperf-auc-threshold": ("train", "mlperf_auc_threshold"),
     "use-gpu": ("train", "use_gpu"),
     "dist-backend": ("train", "dist_backend"),
     "checkpoint-dir": ("checkpoint", "dir"),
@@ -109,7 +111,7 @@ UNSUPPORTED = (
     "inference-only quantize-mlp-with-bit "
     "quantize-emb-with-bit save-onnx use-ipex local_rank "
     "plot-compute-graph tensor-board-filename "
-    "mlperf-logging mlperf-acc-threshold mlperf-auc-threshold mlperf-bin-loader "
+    "mlperf-logging mlperf-bin-loader "
     "mlperf-bin-shuffle mlperf-grad-accum-iter lr-scheduler"
 ).split()
 

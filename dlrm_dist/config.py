@@ -153,6 +153,8 @@ class TrainConfig:
         "overlap the next batch's input all-to-all with this step (TrainPipelineSparseDist); "
         "not with --data-generation=random or --debug-mode, whose batches share one stream",
     )
+    mlperf_acc_threshold: float = _f(0.0, "stop when test accuracy (%) exceeds it; 0 = never")
+    mlperf_auc_threshold: float = _f(0.0, "stop when test AUC exceeds it; 0 = never")
     use_gpu: bool = _f(False, "train on CUDA (each rank on its LOCAL_RANK device)")
     dist_backend: str = _f("", "process-group backend; empty = nccl on CUDA, gloo on CPU")
 

@@ -106,6 +106,17 @@ def dataset_tables(cfg: Config, rank: int) -> Config:
     )
 
 
+def threshold_reached(cfg: Config, metrics: dict[str, float], best_acc: float) -> str:
+    """The reference's --mlperf-acc-threshold / --mlperf-auc-threshold: which was reached
+    ("" if none), so training stops (the accuracy is the best so far, in %)."""
+    t = cfg.train
+    if t.mlperf_acc_threshold > 0 and 100.0 * best_acc > t.mlperf_acc_threshold:
+        return "accuracy"
+    if t.mlperf_auc_threshold > 0 and metrics.get("auc", 0.0) > t.mlperf_auc_threshold:
+        return "AUC"
+    return ""
+
+
 def usable_batches(data, world_size: int) -> int:
     """Batches every rank can take an equal slice of: a last partial batch that the world
     size does not divide is left out (torchrec's all-to-alls want equal local batches)."""
@@ -151,6 +162,11 @@ def evaluate(model, data, device, num_batches: int) -> dict[str, float]:
         from torchmetrics.functional.classification import binary_auroc
 
         out["auc"] = binary_auroc(p, t.long()).item()
+        # logloss, and normalized entropy: logloss over the entropy of the click rate
+        logloss = torch.nn.functional.binary_cross_entropy(p.double(), t.double()).item()
+        rate = t.double().mean().item()
+        out["logloss"] = logloss
+        out["ne"] = logloss / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
     return out
 
 
@@ -292,6 +308,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
     out.start(nbatches * cfg.train.nepochs - done, env, cfg)
     best_acc = state.best_accuracy
     step = state.step
+    stop = ""  # an MLPerf threshold reached
     for epoch in range(start[0], cfg.train.nepochs):
         for j in range(start[1] if epoch == start[0] else 0, nbatches):
             t0, wait0 = time.perf_counter(), batches.wait
@@ -310,14 +327,23 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
                 out.log_train(j + 1, nbatches, epoch)
             if test:
                 eval_start = time.perf_counter()
-                metrics = stepper.evaluate(test_data, env.device, min(nbatches, ntest))
+                # the reference evaluates as many batches as it trains on; real data: all
+                limit = ntest if cfg.data.generation == "dataset" else min(nbatches, ntest)
+                metrics = stepper.evaluate(test_data, env.device, limit)
                 best_acc = max(best_acc, metrics["accuracy"])
                 result.evals.append(metrics)
                 out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
                 out.eval_seconds += time.perf_counter() - eval_start
+                stop = threshold_reached(cfg, metrics, best_acc)
+                if stop:
+                    out.print(f"MLPerf testing {stop} threshold reached, stop training")
             following = (epoch, j + 1) if j + 1 < nbatches else (epoch + 1, 0)
             state = TrainState(step, *following, best_accuracy=best_acc)
             ckpt.save(state)  # when due
+            if stop:
+                break
+        if stop:
+            break
     ckpt.save(state, last=True)
     profiler.close()
     result.samples, result.seconds = out.finish()

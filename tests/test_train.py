@@ -314,3 +314,29 @@ def test_fp16_tables_train_close_to_fp32():
     assert fp32.final_weights[name].dtype == np.float32
     np.testing.assert_allclose(fp16.losses, fp32.losses, rtol=2e-2)
     np.testing.assert_allclose(fp16.final_weights[name], fp32.final_weights[name], atol=2e-3)
+
+
+def test_mlperf_thresholds_stop_training_and_eval_reports_logloss_and_ne(capsys):
+    argv = [
+        "--arch-embedding-size=100-200-300",
+        "--arch-sparse-feature-size=4",
+        "--arch-mlp-bot=13-8-4",
+        "--mini-batch-size=64",
+        "--num-batches=12",
+        "--data-generation=random-fast",
+        "--loss-function=bce",
+        "--round-targets=true",
+        "--test-freq=4",
+        "--print-freq=100",
+        "--progress-bar=false",
+    ]
+    full = run(parse_args(argv))
+    assert len(full.losses) == 12 and len(full.evals) == 3
+    e = full.evals[0]
+    assert e["logloss"] == pytest.approx(e["loss"], rel=1e-5)  # bce: the loss is the logloss
+    assert 0.9 < e["ne"] < 1.2  # random labels: about the entropy of the click rate
+    stopped = run(parse_args([*argv, "--mlperf-acc-threshold=1"]))  # 1 %: met at once
+    assert len(stopped.losses) == 4 and len(stopped.evals) == 1
+    assert "MLPerf testing accuracy threshold reached, stop training" in capsys.readouterr().out
+    auc = run(parse_args([*argv, "--mlperf-auc-threshold=0.999"]))  # never met
+    assert len(auc.losses) == 12
