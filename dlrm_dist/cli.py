@@ -90,6 +90,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "mlperf-auc-threshold": ("train", "mlperf_auc_threshold"),
     "use-gpu": ("train", "use_gpu"),
     "dist-backend": ("train", "dist_backend"),
+    "dist-timeout": ("train", "dist_timeout"),
     "checkpoint-dir": ("checkpoint", "dir"),
     "checkpoint-every": ("checkpoint", "every"),
     "keep-last": ("checkpoint", "keep_last"),
@@ -98,6 +99,11 @@ FLAGS: dict[str, tuple[str, str]] = {
     "enable-profiling": ("metrics", "enable_profiling"),
     "profile-start": ("metrics", "profile_start"),
     "profile-steps": ("metrics", "profile_steps"),
+    "inference-only": ("inference", "inference_only"),
+    "quantize-mlp-with-bit": ("inference", "quantize_mlp_with_bit"),
+    "quantize-emb-with-bit": ("inference", "quantize_emb_with_bit"),
+    "export": ("inference", "export"),
+    "save-onnx": ("inference", "save_onnx"),
 }
 FLAG_FOR = {target: flag for flag, target in FLAGS.items()}
 # The reference's names for settings that have a flag of our own (shown in --help).
@@ -108,8 +114,7 @@ UNSUPPORTED = (
     "activation-function "
     "data-trace-file data-trace-enable-padding "
     "num-workers memory-map dataset-multiprocessing test-num-workers sync-dense-params "
-    "inference-only quantize-mlp-with-bit "
-    "quantize-emb-with-bit save-onnx use-ipex local_rank "
+    "use-ipex local_rank "
     "plot-compute-graph tensor-board-filename "
     "mlperf-logging mlperf-bin-loader "
     "mlperf-bin-shuffle mlperf-grad-accum-iter lr-scheduler"

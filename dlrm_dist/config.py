@@ -153,10 +153,13 @@ class TrainConfig:
         "overlap the next batch's input all-to-all with this step (TrainPipelineSparseDist); "
         "not with --data-generation=random or --debug-mode, whose batches share one stream",
     )
-    mlperf_acc_threshold: float = _f(0.0, "stop when test accuracy (%) exceeds it; 0 = never")
+    mlperf_acc_threshold: float = _f(0.0, "stop when test accuracy (percent) exceeds it; 0 = never")
     mlperf_auc_threshold: float = _f(0.0, "stop when test AUC exceeds it; 0 = never")
     use_gpu: bool = _f(False, "train on CUDA (each rank on its LOCAL_RANK device)")
     dist_backend: str = _f("", "process-group backend; empty = nccl on CUDA, gloo on CPU")
+    dist_timeout: float = _f(
+        300.0, "seconds a rank waits in a collective for a peer before it stops with an error"
+    )
 
 
 @dataclass
@@ -184,6 +187,19 @@ class MetricsConfig:
 
 
 @dataclass
+class InferenceConfig:
+    inference_only: bool = _f(False, "evaluate the model (--resume a checkpoint) on the test data")
+    quantize_mlp_with_bit: int = _f(
+        32, "inference: MLP Linear layers 8 (int8, dynamic) | 16 (fp16 weights) | 32 (float)"
+    )
+    quantize_emb_with_bit: int = _f(
+        32, "inference: embedding rows 4 | 8 (uint, per-row scale and bias) | 32 (float)"
+    )
+    export: str = _f("", "inference: write the torch.export program (.pt2) here; empty = none")
+    save_onnx: str = _f("", "inference: write the model as ONNX here; empty = none")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -192,6 +208,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -202,6 +219,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "metrics": MetricsConfig,
+    "inference": InferenceConfig,
 }
 
 
@@ -374,6 +392,7 @@ def validate(cfg: Config) -> Config:
         ("data", "mini_batch_size"),
         ("data", "num_indices_per_lookup"),
         ("train", "print_freq"),
+        ("train", "dist_timeout"),
     ]
     for section, key in positive:
         if getattr(getattr(cfg, section), key) < 1:
@@ -474,6 +493,7 @@ def validate(cfg: Config) -> Config:
             "Learning rate warmup must finish before the decay starts: set "
             "--lr-decay-start-step >= --lr-num-warmup-steps"
         )
+    validate_inference(cfg)
     mt = cfg.metrics
     if mt.enable_profiling and not mt.run_dir:
         raise ConfigError("--enable-profiling needs --run-dir (where the trace goes)")
@@ -487,6 +507,44 @@ def validate(cfg: Config) -> Config:
         if ck.resume == "auto":
             raise ConfigError("--resume=auto needs --checkpoint-dir (where to look)")
     return cfg
+
+
+def validate_inference(cfg: Config) -> None:
+    """Quantization and export are for --inference-only; embedding quantization takes
+    plain tables only, as in the reference."""
+    inf, m = cfg.inference, cfg.model
+    for key, allowed in (
+        ("quantize_mlp_with_bit", (8, 16, 32)),
+        ("quantize_emb_with_bit", (4, 8, 32)),
+    ):
+        if getattr(inf, key) not in allowed:
+            raise ConfigError(
+                f"--{flag_name('inference', key)}={getattr(inf, key)} is not supported; "
+                "choose one of " + " | ".join(map(str, allowed))
+            )
+    asked = [
+        f"--{flag_name('inference', key)}"
+        for key, on in (
+            ("quantize_mlp_with_bit", inf.quantize_mlp_with_bit != 32),
+            ("quantize_emb_with_bit", inf.quantize_emb_with_bit != 32),
+            ("export", bool(inf.export)),
+            ("save_onnx", bool(inf.save_onnx)),
+        )
+        if on
+    ]
+    if asked and not inf.inference_only:
+        raise ConfigError(f"{' and '.join(asked)}: only with --inference-only (for inference)")
+    if inf.quantize_emb_with_bit != 32:
+        for flag, on, what in (
+            ("--weighted-pooling", bool(m.weighted_pooling), "weighted pooling"),
+            ("--qr-flag", m.qr_flag, "quotient remainder"),
+            ("--md-flag", m.md_flag, "mixed dimensions"),
+        ):
+            if on:
+                raise ConfigError(
+                    f"4 and 8-bit embedding quantization with {what} is not supported (as in "
+                    f"the reference): drop --quantize-emb-with-bit or {flag}"
+                )
 
 
 def flag_name(section: str, key: str) -> str:

@@ -6,6 +6,7 @@ up a one-rank gloo group, so the single-process run is the sharded code path.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -44,11 +45,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(use_gpu: bool = False, backend: str = "") -> DistEnv:
+def init_distributed(use_gpu: bool = False, backend: str = "", timeout_s: float = 300.0) -> DistEnv:
     """Join the torchrun group, or start a one-rank gloo group when run directly.
 
     As in the reference, CUDA is used only when asked for (`--use-gpu`) and present;
-    the backend follows the device (nccl on CUDA, gloo on CPU) unless given."""
+    the backend follows the device (nccl on CUDA, gloo on CPU) unless given. A collective
+    that waits longer than timeout_s for a peer raises (dlrm_dist.failures names it)."""
     use_cuda = use_gpu and torch.cuda.is_available()
     if use_gpu and not use_cuda:
         log.warning("note: --use-gpu but no CUDA device is visible; training on CPU")
@@ -67,7 +69,13 @@ def init_distributed(use_gpu: bool = False, backend: str = "") -> DistEnv:
     if use_cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # torchrun's restarted group meets in the same store as the attempt before: without
+        # a prefix per attempt, gloo reads the dead ranks' addresses and cannot connect
+        store, rank, world = next(dist.rendezvous(init_method, rank, world, timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"dlrm_dist/attempt-{attempt}/", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return DistEnv(rank, world, local_rank, local_world, device, backend)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dlrm_dist import console, distributed
+from dlrm_dist import console, distributed, failures, inference
 from dlrm_dist.checkpoint import CheckpointManager, TrainState
 from dlrm_dist.cli import parse_args
 from dlrm_dist.config import Config, ConfigError
@@ -192,8 +192,9 @@ class _Batches:
         nepochs: int,
         device: torch.device,
         start: tuple[int, int] = (0, 0),
+        check=None,
     ) -> None:
-        self.device, self.wait = device, 0.0
+        self.device, self.wait, self.check = device, 0.0, check
 
         def epoch(e: int):  # from batch start[1] of epoch start[0] (a resumed run) on
             first = start[1] if e == start[0] else 0
@@ -208,7 +209,10 @@ class _Batches:
     def __next__(self):
         start = time.perf_counter()
         try:
-            return next(self._it).to(self.device)
+            batch = next(self._it)
+            if self.check is not None:
+                self.check(batch)  # before FBGEMM sees it
+            return batch.to(self.device)
         finally:
             self.wait += time.perf_counter() - start
 
@@ -272,6 +276,8 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
     test_data = make_data(cfg, arch, rs, True, env.rank, env.world_size)
     nbatches = distributed.agree_num_batches(usable_batches(train_data, env.world_size))
     ntest = distributed.agree_num_batches(usable_batches(test_data, env.world_size))
+    if len(train_data) == 0:
+        raise failures.no_data("the training data holds no samples")
     if nbatches == 0:
         raise ConfigError(
             f"no batch to train on: {train_data.batch_size(0)} sample(s) cannot be split over "
@@ -290,6 +296,8 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
     ckpt = CheckpointManager(cfg, model, optimizer, rs, env.rank, env.world_size)
     state = ckpt.load()  # fresh unless resuming; a resume puts rs back where it was
     names = parameter_order(arch)
+    if cfg.inference.inference_only:  # evaluate what was resumed: no training, no saving
+        return RunResult(evals=inference.run(cfg, env, model, arch, names, test_data, ntest))
     if cfg.train.debug_mode:
         out.parameters("initial", distributed.gather_full_weights(model, names), names)
     lr_policy = LRPolicy(
@@ -303,7 +311,8 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
     profiler = Profiler(cfg.metrics, env.rank)
     result.pipelined = stepper.pipelined
     start = (state.epoch, state.batch)
-    batches = _Batches(train_data, nbatches, cfg.train.nepochs, env.device, start)
+    check = failures.BatchCheck(list(train_data.keys), arch.ln_emb, state.step)
+    batches = _Batches(train_data, nbatches, cfg.train.nepochs, env.device, start, check)
     done = min(state.epoch * nbatches + state.batch, nbatches * cfg.train.nepochs)
     out.start(nbatches * cfg.train.nepochs - done, env, cfg)
     best_acc = state.best_accuracy
@@ -314,7 +323,9 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
             t0, wait0 = time.perf_counter(), batches.wait
             step += 1
             lr = lr_policy.set_step(step)
+            failures.waiting_for(f"step {step} (its all-to-alls and all-reduces)", step)
             value = distributed.global_mean(stepper.step(batches))
+            failures.check_loss(value, step)  # before this state can be saved
             profiler.step()
             waited = batches.wait - wait0
             result.losses.append(value)
@@ -327,6 +338,7 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
                 out.log_train(j + 1, nbatches, epoch)
             if test:
                 eval_start = time.perf_counter()
+                failures.waiting_for(f"the evaluation after step {step}")
                 # the reference evaluates as many batches as it trains on; real data: all
                 limit = ntest if cfg.data.generation == "dataset" else min(nbatches, ntest)
                 metrics = stepper.evaluate(test_data, env.device, limit)
@@ -339,12 +351,15 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
                     out.print(f"MLPerf testing {stop} threshold reached, stop training")
             following = (epoch, j + 1) if j + 1 < nbatches else (epoch + 1, 0)
             state = TrainState(step, *following, best_accuracy=best_acc)
+            failures.waiting_for(f"the checkpoint of step {step}")
             ckpt.save(state)  # when due
             if stop:
                 break
         if stop:
             break
+    failures.waiting_for(f"the last checkpoint (step {step})")
     ckpt.save(state, last=True)
+    failures.waiting_for("the final weights")
     profiler.close()
     result.samples, result.seconds = out.finish()
     result.data_seconds = out.wait
@@ -358,7 +373,10 @@ def run(cfg: Config) -> RunResult:
     """Train with cfg in this process (one rank, or one of torchrun's). A process group
     the caller already started is used and left open."""
     owns_group = not torch.distributed.is_initialized()
-    env = distributed.init_distributed(cfg.train.use_gpu, cfg.train.dist_backend)
+    failures.waiting_for("the other ranks to start")
+    t = cfg.train
+    env = distributed.init_distributed(t.use_gpu, t.dist_backend, t.dist_timeout)
+    failures.waiting_for("the other ranks to plan and shard the model")
     try:
         threads = distributed.set_threads(env, cfg.train.threads)
         metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
@@ -382,15 +400,25 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
+    rank, cfg = int(os.environ.get("RANK", "0")), None
     try:
         cfg = parse_args(argv)
         run(cfg)
     except ConfigError as exc:
         # every rank of a job raises the same ConfigError (config checks are the same
-        # everywhere, and a planning failure is broadcast): one line, from rank 0
-        if os.environ.get("RANK", "0") == "0":
+        # everywhere, and a planning failure is broadcast): one line, from rank 0;
+        # a bad batch only its own rank read: from that rank
+        if rank == 0 or getattr(exc, "one_rank", False):
             print(f"ERROR: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if failures.is_output_failure(exc):
+            print(failures.output_failure_line(), file=sys.stderr)
+            return 2
+        if cfg is None or not failures.is_peer_failure(exc):
+            raise
+        print(failures.peer_failure_line(rank, cfg.train.dist_timeout, exc), file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)
         return 130

@@ -103,7 +103,8 @@ def test_missing_file():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--save-onnx=True"], "--save-onnx is a reference flag that dlrm_dist does not support"),
+        (["--save-onnx=m.onnx"], "--save-onnx: only with --inference-only"),
+        (["--data-trace-file=x"], "--data-trace-file is a reference flag that dlrm_dist does not"),
         (["--use-ipex"], "--use-ipex is a reference flag"),
         (["--memory-map", "True"], "--memory-map is a reference flag"),
         (["--no-such-flag"], "unrecognized arguments"),

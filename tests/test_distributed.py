@@ -72,7 +72,7 @@ def test_two_ranks_train_like_one(parity_runs, sharding, optimizer, generation, 
     for name, want in ref["weights"].items():
         np.testing.assert_allclose(rank0["weights"][name], want, rtol=1e-5, atol=1e-6)
     for got, want in zip(rank0["evals"], ref["evals"], strict=True):
-        assert got.keys() == want.keys() == {"loss", "accuracy", "auc"}
+        assert got.keys() == want.keys() == {"loss", "accuracy", "auc", "logloss", "ne"}
         for key in want:
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6)
 
