@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.types import ShardingPlan
@@ -25,6 +26,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from dlrm_dist import planning
 from dlrm_dist.config import Config, ConfigError, OptimConfig
+from dlrm_dist.embeddings import sparse_collections
 
 log = logging.getLogger("dlrm_dist")
 
@@ -145,8 +147,8 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _sharder() -> EmbeddingBagCollectionSharder:
-    return EmbeddingBagCollectionSharder()
+def _sharders() -> list:
+    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
 
 
 def build_plan(model: torch.nn.Module, cfg: Config, env: DistEnv) -> ShardingPlan:
@@ -183,6 +185,9 @@ _EPS = {"sgd": {}, "adagrad": {"eps": 1e-10}, "rwsadagrad": {"eps": 1e-10}, "ada
 _EMBEDDING_OPTIMIZERS = {
     name: (cls, _EPS[name]) for name, cls in planning.EMBEDDING_OPTIMIZERS.items()
 }
+_ROW_WEIGHT_OPTIMIZERS = {
+    name: (cls, _EPS[name]) for name, cls in planning.ROW_WEIGHT_OPTIMIZERS.items()
+}
 _DENSE_OPTIMIZERS = {
     "sgd": (torch.optim.SGD, {}),
     "adagrad": (torch.optim.Adagrad, {"eps": 1e-10}),
@@ -198,17 +203,18 @@ def shard(model: torch.nn.Module, plan: ShardingPlan, env: DistEnv, cfg: OptimCo
             "--optimizer=adam: FBGEMM has no fused Adam on CPU; on CPU use sgd | adagrad | "
             "rwsadagrad, or train on CUDA (--use-gpu)"
         )
-    cls, kwargs = _EMBEDDING_OPTIMIZERS[cfg.optimizer]
-    apply_optimizer_in_backward(
-        cls,
-        model.sparse_arch.embedding_bag_collection.parameters(),
-        {"lr": cfg.learning_rate, **kwargs},
-    )
+    weights = getattr(model.sparse_arch, "row_weight_collection", None)
+    for collection in sparse_collections(model.sparse_arch):
+        table = _ROW_WEIGHT_OPTIMIZERS if collection is weights else _EMBEDDING_OPTIMIZERS
+        cls, kwargs = table[cfg.optimizer]
+        apply_optimizer_in_backward(
+            cls, collection.parameters(), {"lr": cfg.learning_rate, **kwargs}
+        )
     return DistributedModelParallel(
         module=model,
         device=env.device,
         plan=plan,
-        sharders=[_sharder()],
+        sharders=_sharders(),
         data_parallel_wrapper=_SingleRank() if env.world_size == 1 else None,
     )
 

@@ -17,7 +17,16 @@ D = the bottom MLP's output width (every feature's vector ends up D wide).
   and trains with the MLPs.
 - Weighted pooling: every bag sum becomes sum_j w[i_j] E[i_j], with one weight per row
   of each table: ones and fixed (`fixed`), or a trainable parameter starting at ones
-  (`learned`). The weights travel as the KJT's per-index weights into a weighted EBC.
+  (`learned`). Fixed weights travel as the KJT's per-index weights into a weighted EBC.
+  Learned ones need the gradient dL/dw[i_j] = <dL/d bag, E[i_j]>, which neither a pooled
+  lookup returns nor torchrec's input all-to-all carries back to KJT weights. So, when the
+  tables can shard (dim % 4 == 0, FBGEMM's fused kernels), the rows are looked up unpooled
+  (torchrec's EmbeddingCollection: B x L x D through the output all-to-all instead of
+  B x D) from the table and from a weight table w_<feature> (rows x 4, the weight in
+  column 0; 4 wide because the fused kernels need it, the other columns never get a
+  gradient), both sharded, and the bags are summed here (SequencePoolingArch). Otherwise
+  the weights are a replicated dense parameter per table, as in the reference, and the
+  tables run data_parallel.
 
 Written here rather than taken from torchrec because torchrec's SparseArch needs one
 dim for all tables and has no QR/MD.
@@ -33,8 +42,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torchrec.models.dlrm import SparseArch
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.modules.embedding_configs import DataType, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from dlrm_dist.data.reference_random import feature_names
 
@@ -42,6 +52,14 @@ if TYPE_CHECKING:
     from dlrm_dist.model import Arch
 
 QR_OPERATIONS = ("concat", "add", "mult")
+ROW_WEIGHT_DIM = 4  # a sharded weight table's width; the weight is column 0
+
+
+def sharded_row_weights(arch: Arch) -> bool:
+    """Whether learned pooling weights live in sharded weight tables (SequencePoolingArch)
+    rather than in replicated dense parameters: when every table can shard, that is
+    has a dim divisible by 4 (QR and MD do not combine with weighted pooling)."""
+    return arch.weighted_pooling == "learned" and all(d % 4 == 0 for d in arch.emb_dims)
 
 
 def md_solver(rows: Sequence[int], temperature: float, d0: int, round_dims: bool) -> list[int]:
@@ -172,7 +190,7 @@ class EmbeddingArch(SparseArch):
             {s.name: nn.Linear(s.dim, arch.m_spa, bias=False) for s in specs if s.dim < arch.m_spa}
         )
         self.pooling_weights = nn.ParameterDict()
-        if arch.weighted_pooling == "learned":
+        if arch.weighted_pooling == "learned":  # replicated: not sharded_row_weights(arch)
             for s in specs:
                 self.pooling_weights[s.name] = nn.Parameter(torch.ones(s.rows))
         self.ids = FeatureIds(self.split, self.collisions, arch.weighted_pooling == "fixed")
@@ -205,6 +223,97 @@ class EmbeddingArch(SparseArch):
             else:
                 vectors.append(pooled[f])
         return torch.stack(vectors, dim=1)
+
+
+@torch.fx.wrap
+def weighted_bag_sums(
+    rows: dict[str, JaggedTensor], weights: dict[str, JaggedTensor], keys: list[str]
+) -> torch.Tensor:
+    """(B, F, D): per key, bag b's sum_j w_j E_j over its ids j, E_j the unpooled rows
+    (values (N, D)) and w_j column 0 of the weight rows (values (N, 4)), both in the
+    KJT's id order (lengths (B,)). A leaf for fx, as derive_features."""
+    sums: list[torch.Tensor] = []
+    for key in keys:
+        values, lengths = rows[key].values(), rows[key].lengths()
+        weighted = values * weights[key].values()[:, :1].to(values.dtype)
+        batch = lengths.numel()
+        bag = torch.repeat_interleave(torch.arange(batch, device=values.device), lengths)
+        out = torch.zeros(batch, values.shape[1], dtype=values.dtype, device=values.device)
+        sums.append(out.index_add(0, bag, weighted))
+    return torch.stack(sums, dim=1)
+
+
+class SequencePoolingArch(nn.Module):
+    """KJT (F keys, B bags each) -> (B, F, D) with learned pooling weights on sharded
+    tables (see the module docstring): the tables in `embedding_collection`
+    (`embeddings.t_<feature>.weight`, rows x D) and the weights in
+    `row_weight_collection` (`embeddings.w_<feature>.weight`, rows x 4, column 0)."""
+
+    def __init__(self, arch: Arch, data_type: DataType, device: torch.device) -> None:
+        super().__init__()
+        specs = table_specs(arch)
+        self.specs = specs
+        self.features = feature_names(len(arch.ln_emb))
+        self.embedding_collection = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=s.name,
+                    embedding_dim=s.dim,
+                    num_embeddings=s.rows,
+                    feature_names=[s.feature],
+                    data_type=data_type,
+                )
+                for s in specs
+            ],
+            device=device,
+        )
+        self.row_weight_collection = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=row_weight_table(s),
+                    embedding_dim=ROW_WEIGHT_DIM,
+                    num_embeddings=s.rows,
+                    feature_names=[s.feature],
+                )
+                for s in specs
+            ],
+            device=device,
+        )
+        self.feature_rows = list(arch.ln_emb)
+        self.table_sources = {s.name: s.source for s in specs}
+        self.table_sources.update({row_weight_table(s): s.source for s in specs})
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        rows = self.embedding_collection(features)
+        weights = self.row_weight_collection(features)
+        return weighted_bag_sums(rows, weights, self.features)
+
+
+def row_weight_table(spec: TableSpec) -> str:
+    """The weight table of a table t_<feature>: w_<feature>."""
+    return f"w_{spec.feature}"
+
+
+def table_parameter(arch: Arch, spec: TableSpec) -> str:
+    """The full parameter name of a table's rows in our DLRM."""
+    if sharded_row_weights(arch):
+        return f"sparse_arch.embedding_collection.embeddings.{spec.name}.weight"
+    return f"sparse_arch.embedding_bag_collection.embedding_bags.{spec.name}.weight"
+
+
+def row_weight_parameter(arch: Arch, spec: TableSpec) -> str:
+    """The full parameter name of a table's learned pooling weights: (rows,) replicated,
+    or (rows, 4) sharded with the weights in column 0."""
+    if sharded_row_weights(arch):
+        return f"sparse_arch.row_weight_collection.embeddings.{row_weight_table(spec)}.weight"
+    return f"sparse_arch.pooling_weights.{spec.name}"
+
+
+def sparse_collections(sparse_arch: nn.Module) -> list[nn.Module]:
+    """The torchrec embedding modules of a sparse arch, the ones the planner shards."""
+    if isinstance(sparse_arch, SequencePoolingArch):
+        return [sparse_arch.embedding_collection, sparse_arch.row_weight_collection]
+    return [sparse_arch.embedding_bag_collection]
 
 
 def uses_torch_stream(arch: Arch) -> bool:

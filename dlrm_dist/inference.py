@@ -13,8 +13,11 @@ Shapes: B batch, F sparse features, D embedding dim.
   EmbeddingBagCollection (`from_float`): each row stored as uint8 / uint4 with a
   per-row fp16 scale and bias (fbgemm's TBE inference kernel, which runs on CPU).
 - Export: `torch.export` (non-strict) of `DLRM.forward(dense (B, m_den), KJT)`; torchrec
-  registers the KJT as a pytree, so the sparse side exports as is. The graph is
-  specialised to the example batch's shapes (B and the number of ids per feature).
+  registers the KJT as a pytree, so the sparse side exports as is. The batch size B and
+  the number of ids N are symbolic (B >= 1, N >= 0; the KJT's lengths are F B), so one
+  program serves any batch: call it with `KeyedJaggedTensor(keys, values, lengths)`, the
+  form it was traced with (a KJT that also holds offsets is another pytree). Sizes are
+  traced size-oblivious, or export would specialise B = 1 away (torch's 0/1 rule).
   torch.ao's dynamic-quantized Linear does not export (its packed weights are a
   TorchScript class), so export takes the float or embedding-quantized model.
 
@@ -81,6 +84,12 @@ def quantize(model: DLRM, mlp_bit: int = NO_QUANT, emb_bit: int = NO_QUANT) -> D
     if emb_bit != NO_QUANT:
         from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
+        if not hasattr(model.sparse_arch, "embedding_bag_collection"):
+            raise ConfigError(
+                "--quantize-emb-with-bit quantizes pooled tables; learned weighted pooling "
+                "looks rows up unpooled: drop one of them"
+            )
+
         ebc = model.sparse_arch.embedding_bag_collection
         ebc.qconfig = QConfig(
             activation=PlaceholderObserver.with_args(dtype=torch.float),
@@ -113,12 +122,39 @@ class _Predict(nn.Module):
         return DLRM.forward(self.model, dense, sparse)
 
 
+def export_inputs(batch) -> tuple[tuple[torch.Tensor, Any], tuple[Any, ...]]:
+    """(dense, KJT of values and lengths (and weights, if any)) from a Batch, and their
+    dynamic shapes: B and N free (see the module docstring)."""
+    from torch.export import Dim
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    kjt = batch.sparse_features
+    sparse = KeyedJaggedTensor(
+        keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), weights=kjt.weights_or_none()
+    )
+    b = Dim("batch", min=1, max=1 << 24)
+    n = Dim("ids", min=0, max=1 << 40)
+    per_field = {"_values": {0: n}, "_weights": {0: n}, "_lengths": {0: len(kjt.keys()) * b}}
+    leaves = [per_field.get(f) if getattr(sparse, f) is not None else None for f in sparse._fields]
+    return (batch.dense_features, sparse), ({0: b}, leaves)
+
+
+def _traced(fn, *args, **kwargs):
+    """fn (torch.export.export or torch.onnx.export) with sizes traced size-oblivious."""
+    import torch.fx.experimental._config as fx_config
+
+    with fx_config.patch(backed_size_oblivious=True):
+        return fn(*args, **kwargs)
+
+
 def export(model: DLRM, batch) -> torch.export.ExportedProgram:
     """torch.export of model's prediction (dense (B, m_den), KJT) -> (B,), traced on
-    batch. Raises ConfigError (one line) when the model's ops cannot be exported."""
+    batch, for any B and number of ids. Raises ConfigError (one line) when the model's
+    ops cannot be exported."""
+    inputs, shapes = export_inputs(batch)
     try:
-        return torch.export.export(
-            _Predict(model), (batch.dense_features, batch.sparse_features), strict=False
+        return _traced(
+            torch.export.export, _Predict(model), inputs, dynamic_shapes=shapes, strict=False
         )
     except Exception as exc:
         why = " ".join(str(exc).split())[:200]
@@ -154,9 +190,9 @@ def load_export(path: str) -> torch.export.ExportedProgram:
 
 def save_onnx(model: DLRM, batch, path: str) -> None:
     """ONNX through torch.onnx's exporter (which needs the onnx and onnxscript packages),
-    traced on batch: inputs `dense` (B, m_den) float, `sparse__values` (N,) and
-    `sparse__lengths` (F B,) int64 (the KJT's ids and bag sizes, key-major), output the
-    (B,) predictions. Raises ConfigError (one line) where the packages are missing or an
+    traced on batch, for any B and N: inputs `dense` (B, m_den) float, `sparse__values`
+    (N,) and `sparse__lengths` (F B,) int64 (the KJT's ids and bag sizes, key-major),
+    output the (B,) predictions. Raises ConfigError (one line) where the packages are missing or an
     op has no ONNX form (FBGEMM's quantized embedding lookup, dynamic-quantized Linear)."""
     try:
         import onnx  # noqa: F401
@@ -166,9 +202,10 @@ def save_onnx(model: DLRM, batch, path: str) -> None:
             f"--save-onnx {path}: torch.onnx needs the onnx and onnxscript packages, which "
             "are not installed: pip install onnx onnxscript, or use --export for torch.export"
         ) from None
+    inputs, shapes = export_inputs(batch)
     try:
-        torch.onnx.export(
-            _Predict(model), (batch.dense_features, batch.sparse_features), path, dynamo=True
+        _traced(
+            torch.onnx.export, _Predict(model), inputs, path, dynamo=True, dynamic_shapes=shapes
         )
     except Exception as exc:
         why = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))[:160]

@@ -4,40 +4,48 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrm_dist.embeddings import table_specs, torch_stream_weights, uses_torch_stream
+from dlrm_dist.embeddings import (
+    ROW_WEIGHT_DIM,
+    row_weight_parameter,
+    sharded_row_weights,
+    table_parameter,
+    table_specs,
+    torch_stream_weights,
+    uses_torch_stream,
+)
 from dlrm_dist.model import Arch, parameter_order
-
-_TABLES = "sparse_arch.embedding_bag_collection.embedding_bags"
 
 
 def reference_init(
     rs: np.random.RandomState, arch: Arch, seed: int | None = None
 ) -> dict[str, np.ndarray]:
     """Tables uniform(+-sqrt(1/n)) (n, dim) in table order (an MD table too, at its own
-    dim), then bottom then top MLP: weight normal(0, sqrt(2/(m+n))) (m, n), bias
-    normal(0, sqrt(1/m)) (m,); float32.
+        dim), then bottom then top MLP: weight normal(0, sqrt(2/(m+n))) (m, n), bias
+        normal(0, sqrt(1/m)) (m,); float32.
 
-    QR tables and MD projections the reference draws from torch's stream instead (see
-    `embeddings.torch_stream_weights`; `seed` is the one it passes to torch.manual_seed),
-    and they take nothing from rs. Learned pooling weights start at ones.
+        QR tables and MD projections the reference draws from torch's stream instead (see
+        `embeddings.torch_stream_weights`; `seed` is the one it passes to torch.manual_seed),
+        and they take nothing from rs. Learned pooling weights start at ones (sharded: every
+    column of their rows x 4 weight table).
 
-    DCN v2 layers, which the reference lacks, follow from the same stream: every W
-    (N, r), then every V (r, N), normal(0, sqrt(2/(N+r))) (xavier normal, as torchrec),
-    then the biases, zero.
+        DCN v2 layers, which the reference lacks, follow from the same stream: every W
+        (N, r), then every V (r, N), normal(0, sqrt(2/(N+r))) (xavier normal, as torchrec),
+        then the biases, zero.
 
-    Returned in `parameter_order(arch)`, keyed by our parameter names.
+        Returned in `parameter_order(arch)`, keyed by our parameter names.
     """
     if uses_torch_stream(arch) and seed is None:
         raise ValueError("QR tables and MD projections need the seed of torch's stream")
     drawn = torch_stream_weights(seed, arch) if uses_torch_stream(arch) else {}
     out = {name: value.numpy() for name, value in drawn.items()}
     for t in table_specs(arch):
-        name = f"{_TABLES}.{t.name}.weight"
+        name = table_parameter(arch, t)
         if name not in out:
             bound = np.sqrt(1 / t.rows)
             out[name] = rs.uniform(low=-bound, high=bound, size=(t.rows, t.dim)).astype(np.float32)
         if arch.weighted_pooling == "learned":
-            out[f"sparse_arch.pooling_weights.{t.name}"] = np.ones(t.rows, dtype=np.float32)
+            shape = (t.rows, ROW_WEIGHT_DIM) if sharded_row_weights(arch) else (t.rows,)
+            out[row_weight_parameter(arch, t)] = np.ones(shape, dtype=np.float32)
     values: list[np.ndarray] = []
     for widths in (arch.ln_bot, arch.ln_top):
         for n, m in zip(widths[:-1], widths[1:]):

@@ -20,7 +20,15 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dlrm_dist.config import ConfigError, ModelConfig
 from dlrm_dist.data.reference_random import feature_names
-from dlrm_dist.embeddings import EmbeddingArch, md_solver, table_specs
+from dlrm_dist.embeddings import (
+    EmbeddingArch,
+    SequencePoolingArch,
+    md_solver,
+    row_weight_parameter,
+    sharded_row_weights,
+    table_parameter,
+    table_specs,
+)
 
 
 @dataclass(frozen=True)
@@ -152,21 +160,25 @@ class DLRM(nn.Module):
 
     def __init__(self, arch: Arch, cfg: ModelConfig, device: torch.device | str = "meta"):
         super().__init__()
-        tables = [
-            EmbeddingBagConfig(
-                name=t.name,
-                embedding_dim=t.dim,
-                num_embeddings=t.rows,
-                feature_names=[t.feature],
-                pooling=PoolingType.SUM,
-                data_type=DataType.FP16 if cfg.embedding_precision == "fp16" else DataType.FP32,
+        data_type = DataType.FP16 if cfg.embedding_precision == "fp16" else DataType.FP32
+        if sharded_row_weights(arch):
+            self.sparse_arch = SequencePoolingArch(arch, data_type, torch.device(device))
+        else:
+            tables = [
+                EmbeddingBagConfig(
+                    name=t.name,
+                    embedding_dim=t.dim,
+                    num_embeddings=t.rows,
+                    feature_names=[t.feature],
+                    pooling=PoolingType.SUM,
+                    data_type=data_type,
+                )
+                for t in table_specs(arch)
+            ]
+            ebc = EmbeddingBagCollection(
+                tables=tables, is_weighted=bool(arch.weighted_pooling), device=torch.device(device)
             )
-            for t in table_specs(arch)
-        ]
-        ebc = EmbeddingBagCollection(
-            tables=tables, is_weighted=bool(arch.weighted_pooling), device=torch.device(device)
-        )
-        self.sparse_arch = EmbeddingArch(ebc, arch)
+            self.sparse_arch = EmbeddingArch(ebc, arch)
         self.bot_l = _mlp(arch.ln_bot, sigmoid_last=False)
         self.interaction = Interaction(arch.num_fea, cfg.interaction, cfg.interaction_itself, arch)
         self.top_l = _mlp(arch.ln_top, sigmoid_last=True)
@@ -198,11 +210,11 @@ def parameter_order(arch: Arch) -> list[str]:
     """Our parameter names in the reference's `dlrm.parameters()` order."""
     names = []
     for t in table_specs(arch):  # a QR table's quotient, remainder; an MD table's projection
-        names.append(f"sparse_arch.embedding_bag_collection.embedding_bags.{t.name}.weight")
+        names.append(table_parameter(arch, t))
         if t.dim < arch.m_spa:
             names.append(f"sparse_arch.proj.{t.name}.weight")
     if arch.weighted_pooling == "learned":  # after the tables, as the reference's v_W_l
-        names += [f"sparse_arch.pooling_weights.{t.name}" for t in table_specs(arch)]
+        names += [row_weight_parameter(arch, t) for t in table_specs(arch)]
     for prefix, widths in (("bot_l", arch.ln_bot), ("top_l", arch.ln_top)):
         for i in range(len(widths) - 1):
             names += [f"{prefix}.{2 * i}.weight", f"{prefix}.{2 * i}.bias"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchrec.distributed.collective_utils import invoke_on_rank_and_broadcast_result
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.constants import DDR_CAP, HBM_CAP
@@ -46,10 +47,12 @@ from torchrec.distributed.planner.types import (
     TrainerConfig,
 )
 from torchrec.distributed.types import CacheParams, ShardingPlan
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.optim import RowWiseAdagrad
 
 from dlrm_dist.config import Config, ConfigError, DataConfig, ShardingConfig
+from dlrm_dist.embeddings import SequencePoolingArch, row_weight_table, sparse_collections
 
 log = logging.getLogger("dlrm_dist")
 
@@ -68,6 +71,14 @@ SHARDING_TYPES_BY_DEVICE = {
         "data_parallel",
     ),
 }
+# What torchrec's EmbeddingCollectionSharder (unpooled lookups, used for learned pooling
+# weights on sharded tables) offers, less data_parallel: its dense sequence lookup
+# returned wrongly shaped rows on CPU here (torchrec 1.9.2).
+SEQUENCE_SHARDING_TYPES_BY_DEVICE = {
+    "cpu": ("table_wise", "column_wise"),
+    "cuda": ("table_wise", "row_wise", "column_wise"),
+}
+SEQUENCE_WHY = "--weighted-pooling=learned looks rows up unpooled, from sharded tables"
 KERNELS_BY_DEVICE = {
     "cpu": ("fused", "dense"),
     "cuda": ("fused", "fused_uvm", "fused_uvm_caching", "dense"),
@@ -81,6 +92,14 @@ EMBEDDING_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adagrad": torch.optim.Adagrad,
     "rwsadagrad": RowWiseAdagrad,
+    "adam": torch.optim.Adam,
+}
+# Sharded learned pooling weights get what the reference gives its dense pooling weights:
+# the dense optimizer (rwsadagrad's is elementwise Adagrad), fused into backward.
+ROW_WEIGHT_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rwsadagrad": torch.optim.Adagrad,
     "adam": torch.optim.Adam,
 }
 
@@ -226,6 +245,7 @@ def table_constraints(
     device_type: str,
     pooling_factors: Sequence[float],
     replicate: str = "",
+    sequence: bool = False,
 ) -> dict[str, ParameterConstraints]:
     """Per-table planner constraints from the config, checked against what the device runs.
 
@@ -233,7 +253,8 @@ def table_constraints(
     type or kernel applies to every table; [sharding.tables.*] wins per table. FBGEMM's
     fused kernels need dim % 4 == 0, so other tables are replicated with the dense kernel:
     a forced setting yields to that (with a note), an override contradicting it is an error.
-    `replicate` (a reason) replicates every table the same way.
+    `replicate` (a reason) replicates every table the same way. `sequence`: the tables
+    are an EmbeddingCollection's (SEQUENCE_SHARDING_TYPES_BY_DEVICE, fused kernels).
     """
     names = [t.name for t in tables]
     features = {t.name: t.feature_names[0] for t in tables}
@@ -242,7 +263,10 @@ def table_constraints(
     replicated: list[str] = []
     for table, pooling in zip(tables, pooling_factors):
         own = overrides.get(table.name, {})
-        types, kernels, yielded = _allowed(table, own, cfg, device_type, replicate)
+        if sequence:
+            types, kernels, yielded = _allowed_sequence(table, own, cfg, device_type)
+        else:
+            types, kernels, yielded = _allowed(table, own, cfg, device_type, replicate)
         if yielded:
             replicated.append(table.name)
         cache = None
@@ -343,8 +367,46 @@ def _allowed(
     return types, kernels, False
 
 
+def _allowed_sequence(
+    table: EmbeddingConfig, own: dict[str, str], cfg: ShardingConfig, device_type: str
+) -> tuple[list[str], list[str], bool]:
+    """_allowed for an EmbeddingCollection's table (dim % 4 == 0 by construction)."""
+    types_here = SEQUENCE_SHARDING_TYPES_BY_DEVICE[device_type]
+    kernels_here = [k for k in KERNELS_BY_DEVICE[device_type] if k != "dense"]
+    stype = own.get("sharding_type", cfg.sharding_type)
+    kernel = own.get("compute_kernel", cfg.compute_kernel)
+    type_from = f"[sharding.tables.{table.name}]" if "sharding_type" in own else "--sharding-type"
+    kernel_from = (
+        f"[sharding.tables.{table.name}]" if "compute_kernel" in own else "--compute-kernel"
+    )
+    if stype != "auto" and stype not in types_here:
+        raise ConfigError(
+            f"table {table.name}: sharding_type {stype} (from {type_from}): {SEQUENCE_WHY}; "
+            f"on {device_type.upper()} use one of " + " | ".join(types_here)
+        )
+    if kernel != "auto" and kernel not in kernels_here:
+        raise ConfigError(
+            f"table {table.name}: compute_kernel {kernel} (from {kernel_from}): "
+            f"{SEQUENCE_WHY}; on {device_type.upper()} use one of " + " | ".join(kernels_here)
+        )
+    types = list(types_here) if stype == "auto" else [stype]
+    return types, (kernels_here if kernel == "auto" else [kernel]), False
+
+
+def _row_weight_constraint(table: ParameterConstraints) -> ParameterConstraints:
+    """A weight table (4 wide) goes where its table may go, column-wise as table-wise."""
+    types = list(
+        dict.fromkeys("table_wise" if t == "column_wise" else t for t in table.sharding_types)
+    )
+    return ParameterConstraints(
+        sharding_types=types,
+        compute_kernels=list(table.compute_kernels),
+        pooling_factors=list(table.pooling_factors),
+    )
+
+
 @contextmanager
-def _optimizer_hint(module: nn.Module, optimizer: str) -> Iterator[None]:
+def _optimizer_hint(sparse_arch: nn.Module, optimizer: str) -> Iterator[None]:
     """Tell the planner which optimizer the tables will carry, for the duration of planning.
 
     torchrec's storage estimator reads `param._optimizer_classes`, which
@@ -353,10 +415,13 @@ def _optimizer_hint(module: nn.Module, optimizer: str) -> Iterator[None]:
     Parameters that already carry an optimizer keep theirs.
     """
     tagged = []
-    for param in module.parameters():
-        if not hasattr(param, "_optimizer_classes"):
-            param._optimizer_classes = [EMBEDDING_OPTIMIZERS[optimizer]]
-            tagged.append(param)
+    for collection in sparse_collections(sparse_arch):
+        weights = getattr(sparse_arch, "row_weight_collection", None) is collection
+        cls = (ROW_WEIGHT_OPTIMIZERS if weights else EMBEDDING_OPTIMIZERS)[optimizer]
+        for param in collection.parameters():
+            if not hasattr(param, "_optimizer_classes"):
+                param._optimizer_classes = [cls]
+                tagged.append(param)
     try:
         yield
     finally:
@@ -364,8 +429,15 @@ def _optimizer_hint(module: nn.Module, optimizer: str) -> Iterator[None]:
             del param._optimizer_classes
 
 
-def embedding_tables(model: nn.Module) -> list[EmbeddingBagConfig]:
-    return list(model.sparse_arch.embedding_bag_collection.embedding_bag_configs())
+def embedding_tables(model: nn.Module) -> list[EmbeddingBagConfig | EmbeddingConfig]:
+    """The tables the planner places: an EBC's, or (SequencePoolingArch) the two ECs'."""
+    out: list[EmbeddingBagConfig | EmbeddingConfig] = []
+    for collection in sparse_collections(model.sparse_arch):
+        if isinstance(collection, EmbeddingCollection):
+            out += collection.embedding_configs()
+        else:
+            out += collection.embedding_bag_configs()
+    return out
 
 
 def plan_sharding(
@@ -399,12 +471,11 @@ def plan_sharding(
         stats=[],  # describe_plan below is the summary; skip torchrec's long table
         debug=False,
     )
-    ebc = model.sparse_arch.embedding_bag_collection
-    sharders = [EmbeddingBagCollectionSharder()]
+    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
 
     def run() -> ShardingPlan | str:
         try:
-            with _optimizer_hint(ebc, optimizer):
+            with _optimizer_hint(model.sparse_arch, optimizer):
                 return planner.plan(model, sharders)
         except PlannerError as exc:
             return _explain_failure(planner, reservation, tables, topology, exc)
@@ -449,13 +520,22 @@ def plan_for_config(
     per_feature = expected_pooling_factors(cfg.data, arch.feature_rows)
     sources = arch.table_sources
     pooling = [per_feature[sources[t.name]] for t in tables]
-    replicate = ""
-    if cfg.model.weighted_pooling == "learned":
-        replicate = (
-            "learned pooling weights get their gradient through the tables' inputs, which "
-            "torchrec's input all-to-all does not carry"
+    if isinstance(arch, SequencePoolingArch):  # learned pooling weights, sharded
+        weight_tables = {row_weight_table(s) for s in arch.specs}
+        main = [(t, p) for t, p in zip(tables, pooling) if t.name not in weight_tables]
+        constraints = table_constraints(
+            [t for t, _ in main], cfg.sharding, device_type, [p for _, p in main], sequence=True
         )
-    constraints = table_constraints(tables, cfg.sharding, device_type, pooling, replicate)
+        for spec in arch.specs:
+            constraints[row_weight_table(spec)] = _row_weight_constraint(constraints[spec.name])
+    else:
+        replicate = ""
+        if cfg.model.weighted_pooling == "learned":
+            replicate = (
+                "learned pooling weights on tables of a dim not divisible by 4 are "
+                "replicated dense parameters"
+            )
+        constraints = table_constraints(tables, cfg.sharding, device_type, pooling, replicate)
     batch = batch_size_per_rank or per_rank_batch_size(cfg.data.mini_batch_size, world_size)
     return plan_sharding(model, topology, memory, constraints, batch, cfg.optim.optimizer, pg=pg)
 

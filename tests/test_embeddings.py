@@ -144,10 +144,34 @@ def test_arch_qr_md_and_learned_weights():
         "sparse_arch.proj.t_cat_1.weight",
         f"{TABLES}.t_cat_2.weight",
     ]
+    # dim 4: the tables shard, rows looked up unpooled, weights in sharded 4-wide tables
     learned = derive_arch(parse_args([*BASE, "--weighted-pooling=learned"]).model)
+    assert parameter_order(learned)[:6] == [
+        *(f"sparse_arch.embedding_collection.embeddings.t_cat_{i}.weight" for i in range(3)),
+        *(f"sparse_arch.row_weight_collection.embeddings.w_cat_{i}.weight" for i in range(3)),
+    ]
+    weights = reference_init(np.random.RandomState(0), learned, 0)
+    assert weights[parameter_order(learned)[4]].shape == (300, 4)
+    assert np.all(weights[parameter_order(learned)[4]] == 1)
+    # dim 2: replicated tables, one dense weight vector per table, as the reference
+    narrow = [*BASE, "--weighted-pooling=learned", "--arch-sparse-feature-size=2"]
+    learned = derive_arch(parse_args([*narrow, "--arch-mlp-bot=5-2"]).model)
     assert parameter_order(learned)[3:6] == [
         f"sparse_arch.pooling_weights.t_cat_{i}" for i in range(3)
     ]
+    assert reference_init(np.random.RandomState(0), learned, 0)[
+        "sparse_arch.pooling_weights.t_cat_1"
+    ].shape == (300,)
+
+
+def _logical(name: str, value: np.ndarray) -> np.ndarray:
+    """A sharded weight table (rows x 4) as the reference's weights: its column 0 (the
+    other columns start at one and never train)."""
+    if ".row_weight_collection." in name:
+        assert value.shape[1] == 4
+        np.testing.assert_array_equal(value[:, 1:], 1.0, err_msg=name)
+        return value[:, 0]
+    return value
 
 
 @pytest.mark.parametrize(
@@ -158,8 +182,9 @@ def test_arch_qr_md_and_learned_weights():
         ["--md-flag", "--md-threshold=100"],
         ["--md-flag", "--md-threshold=10", "--md-temperature=0.1"],  # t_cat_0: identity
         ["--weighted-pooling=learned"],
+        ["--weighted-pooling=learned", "--arch-sparse-feature-size=2", "--arch-mlp-bot=5-2"],
     ],
-    ids=["qr-mult", "qr-concat", "md", "md-identity", "learned"],
+    ids=["qr-mult", "qr-concat", "md", "md-identity", "learned", "learned-replicated"],
 )
 def test_initial_weights_equal_the_references(extra):
     """Both streams: the oracle builds the reference's modules after seeding numpy and
@@ -181,7 +206,7 @@ def test_initial_weights_equal_the_references(extra):
     want = [p.detach().numpy() for p in oracle.parameters()]
     assert len(want) == len(ours)
     for (name, value), expected in zip(ours.items(), want):
-        np.testing.assert_array_equal(value, expected, err_msg=name)
+        np.testing.assert_array_equal(_logical(name, value), expected, err_msg=name)
 
 
 SMALL = [
@@ -203,7 +228,8 @@ def _assert_parity(argv: list[str]) -> None:
     names = parameter_order(derive_arch(cfg.model))
     assert len(names) == len(want["params"])
     for name, value in zip(names, want["params"]):
-        np.testing.assert_allclose(ours.final_weights[name], value, rtol=1e-4, atol=1e-5)
+        got = _logical(name, ours.final_weights[name])
+        np.testing.assert_allclose(got, value, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -233,6 +259,14 @@ def _assert_parity(argv: list[str]) -> None:
         ["--weighted-pooling=fixed", "--learning-rate=0.2"],
         ["--weighted-pooling=learned", "--learning-rate=1.0"],
         ["--weighted-pooling=learned", "--optimizer=adagrad", "--learning-rate=0.1"],
+        ["--weighted-pooling=learned", "--optimizer=rwsadagrad", "--learning-rate=0.1"],
+        [
+            "--weighted-pooling=learned",
+            "--arch-sparse-feature-size=2",
+            "--arch-mlp-bot=7-2",
+            "--optimizer=rwsadagrad",
+            "--learning-rate=0.1",
+        ],
     ],
     ids=[
         "qr-mult",
@@ -243,6 +277,8 @@ def _assert_parity(argv: list[str]) -> None:
         "fixed",
         "learned",
         "learned-adagrad",
+        "learned-rws",
+        "learned-replicated-rws",
     ],
 )
 def test_losses_match_the_oracle(extra):
@@ -254,21 +290,43 @@ def test_losses_match_the_oracle(extra):
     _assert_parity(argv)
 
 
-def test_learned_weights_train_and_their_tables_are_replicated():
-    """The weights' gradient flows through the tables' input (KJT weights), which
-    torchrec's input all-to-all does not carry: their tables run data_parallel."""
-    argv = [*SMALL, "--weighted-pooling=learned", "--sharding-type=table_wise"]
+def _plan(argv: list[str], world: int = 2) -> dict[str, str]:
     cfg = parse_args(argv)
     model = DLRM(derive_arch(cfg.model), cfg.model, device="meta")
-    plan = planning.plan_for_config(model, cfg, 2, "cpu", 2)
-    assert {o.sharding_type for o in plan.options} == {"data_parallel"}
-    fixed = parse_args([*SMALL, "--weighted-pooling=fixed", "--sharding-type=table_wise"])
-    model = DLRM(derive_arch(fixed.model), fixed.model, device="meta")
-    plan = planning.plan_for_config(model, fixed, 2, "cpu", 2)
-    assert {o.sharding_type for o in plan.options} == {"table_wise"}
-    result = run(parse_args([*argv, "--learning-rate=1.0"]))
-    w = result.final_weights["sparse_arch.pooling_weights.t_cat_0"]
-    assert w.shape == (30,) and np.abs(w - 1).max() > 1e-4
+    plan = planning.plan_for_config(model, cfg, world, "cpu", world)
+    return {o.name: o.sharding_type for o in plan.options}
+
+
+def test_learned_weights_shard_with_their_tables():
+    """Learned weights train through unpooled lookups: table and weight table shard
+    (a column-wise table's 4-wide weight table goes table-wise); data_parallel, which
+    the unpooled lookup does not run here, is an error. Tables of a dim not divisible
+    by 4 replicate, with dense weights, as before."""
+    learned = [*SMALL, "--weighted-pooling=learned"]
+    tw = _plan([*learned, "--sharding-type=table_wise"])
+    assert tw == {f"{k}_cat_{i}": "table_wise" for k in "tw" for i in range(4)}
+    cw = _plan([*learned, "--sharding-type=column_wise"])
+    assert {n: t for n, t in cw.items() if n.startswith("t_")} == {
+        f"t_cat_{i}": "column_wise" for i in range(4)
+    }
+    assert {n: t for n, t in cw.items() if n.startswith("w_")} == {
+        f"w_cat_{i}": "table_wise" for i in range(4)
+    }
+    assert set(_plan(learned).values()) <= {"table_wise", "column_wise"}  # auto
+    with pytest.raises(
+        ConfigError,
+        match=r"^table t_cat_0: sharding_type data_parallel .*"
+        r"use one of table_wise \| column_wise$",
+    ):
+        _plan([*learned, "--sharding-type=data_parallel"])
+    narrow = [*learned, "--arch-sparse-feature-size=2", "--arch-mlp-bot=7-2"]
+    assert set(_plan([*narrow, "--sharding-type=table_wise"]).values()) == {"data_parallel"}
+    fixed = _plan([*SMALL, "--weighted-pooling=fixed", "--sharding-type=table_wise"])
+    assert set(fixed.values()) == {"table_wise"}
+    result = run(parse_args([*learned, "--learning-rate=1.0"]))
+    w = result.final_weights["sparse_arch.row_weight_collection.embeddings.w_cat_0.weight"]
+    assert w.shape == (30, 4) and np.abs(w[:, 0] - 1).max() > 1e-4
+    assert np.all(w[:, 1:] == 1)
 
 
 TWO_RANKS = [
@@ -289,6 +347,10 @@ TWO_RANK_CASES = [
     ["--qr-flag", "--qr-operation=add", "--data-generation=random-fast", "--test-freq=5"],
     ["--md-flag", "--md-threshold=100", "--md-round-dims", "--sharding-type=column_wise"],
     ["--weighted-pooling=learned", "--sharding-type=table_wise", "--data-generation=random-fast"],
+    # sgd: Adagrad's first step moves a weight by lr g / |g| whatever |g|, so a weight
+    # whose gradient is ~0 moves by a summation-order-dependent amount (rwsadagrad is
+    # checked against the oracle on one rank)
+    ["--weighted-pooling=learned", "--sharding-type=column_wise"],
 ]
 
 
@@ -301,7 +363,9 @@ def test_two_ranks_train_like_one():
         np.testing.assert_allclose(rank0["losses"], one.losses, rtol=1e-5, atol=1e-7)
         assert rank0["weights"].keys() == one.final_weights.keys()
         for name, want in one.final_weights.items():
-            np.testing.assert_allclose(rank0["weights"][name], want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                rank0["weights"][name], want, rtol=1e-5, atol=1e-6, err_msg=f"{argv} {name}"
+            )
         for got, want in zip(rank0["evals"], one.evals, strict=True):
             assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert two[0][1]["pipelined"] and len(two[0][1]["evals"]) == 2

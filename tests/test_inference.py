@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist import inference
 from dlrm_dist.checkpoint import list_checkpoints
@@ -102,9 +104,38 @@ def test_quantized_metrics_stay_within_the_stated_bounds(trained, mlp, emb):
     assert ("torchrec.quant.embedding_modules" in kinds) is (emb != 32)
 
 
+def _other_batches(test_data, keys: list[str], m_den: int) -> list[tuple[torch.Tensor, Any]]:
+    """(dense, KJT) of other shapes than the traced batch: the test data's last
+    batch, one sample, and three samples with empty and long bags."""
+    last = list(test_data)[-1]
+    kjt = last.sparse_features
+    g = torch.Generator().manual_seed(3)
+    out = [
+        (last.dense_features, KeyedJaggedTensor(keys, kjt.values(), lengths=kjt.lengths())),
+        (
+            torch.rand(1, m_den, generator=g),
+            KeyedJaggedTensor(
+                keys, torch.arange(len(keys)), lengths=torch.ones(len(keys), dtype=torch.long)
+            ),
+        ),
+    ]
+    lengths = torch.tensor([0, 7, 1] * len(keys))  # every key: an empty bag, a long one
+    out.append(
+        (
+            torch.rand(3, m_den, generator=g),
+            KeyedJaggedTensor(
+                keys, torch.randint(0, 200, (int(lengths.sum()),), generator=g), lengths=lengths
+            ),
+        )
+    )
+    return out
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("emb", [32, 8, 4])
 def test_the_exported_program_gives_the_eager_outputs(trained, tmp_path, emb):
+    """On the traced batch and on batches of other sizes (B and the number of ids are
+    symbolic in the program)."""
     *_, result, cfg, arch, test_data = trained
     model = inference.quantize(
         inference.inference_model(arch, cfg.model, result.final_weights), 32, emb
@@ -113,11 +144,18 @@ def test_the_exported_program_gives_the_eager_outputs(trained, tmp_path, emb):
     program = inference.export(model, batch)
     inference.save_export(program, str(tmp_path / "dlrm.pt2"))
     loaded = inference.load_export(str(tmp_path / "dlrm.pt2"))
+    kjt = batch.sparse_features
+    keys = kjt.keys()
+    cases = [(batch.dense_features, KeyedJaggedTensor(keys, kjt.values(), lengths=kjt.lengths()))]
+    cases += _other_batches(test_data, keys, arch.m_den)
+    assert {1, 3} < {d.shape[0] for d, _ in cases}
     with torch.no_grad():
-        want = model(batch.dense_features, batch.sparse_features)
-        for prog in (program, loaded):
-            got = prog.module()(batch.dense_features, batch.sparse_features)
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        for dense, sparse in cases:
+            want = model(dense, sparse)
+            for prog in (program, loaded):
+                got = prog.module()(dense, sparse)
+                assert got.shape == (dense.shape[0],)
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 def test_an_mlp_quantized_model_does_not_export_and_says_why(trained):
@@ -148,6 +186,17 @@ def test_the_onnx_model_gives_the_eager_outputs(trained, tmp_path):
     with torch.no_grad():
         want = model(batch.dense_features, kjt).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    for dense, sparse in _other_batches(test_data, kjt.keys(), arch.m_den):
+        inputs = {
+            "dense": dense.numpy(),
+            "sparse__values": sparse.values().numpy(),
+            "sparse__lengths": sparse.lengths().numpy(),
+        }
+        (got,) = session.run(None, inputs)
+        with torch.no_grad():
+            want = model(dense, sparse).numpy()
+        assert got.shape == (dense.shape[0],)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     quantized = inference.quantize(model, 32, 8)
     with pytest.raises(ConfigError, match="have no ONNX form") as err:
         inference.save_onnx(quantized, batch, str(tmp_path / "q.onnx"))
@@ -257,3 +306,43 @@ def test_quantized_tables_hold_rows_rounded_to_their_own_min_max_grid(trained, b
         want = np.stack([b.sum(axis=0) for b in np.split(deq[ids], np.cumsum(lengths)[:-1])])
         atol = lengths.max() * 2.0**-10 * np.abs(w).max()  # fp16 rounding, a step far above
         np.testing.assert_allclose(got[key].numpy(), want, rtol=0, atol=atol)
+
+
+@pytest.mark.timeout(180)
+def test_learned_pooling_on_sharded_tables_exports_and_evaluates(tmp_path):
+    """Learned weighted pooling (unpooled lookups from sharded tables, weights in their
+    own tables): --inference-only evaluates it as training did; torch.export and ONNX
+    give its outputs, at other batch sizes too; quantizing its tables is an error."""
+    d = tmp_path / "ckpt"
+    argv = [*BASE, "--weighted-pooling=learned", f"--checkpoint-dir={d}"]
+    result = run(parse_args(argv))
+    (_, path), *_ = list_checkpoints(d)
+    got = run(parse_args([*argv, "--inference-only", f"--resume={path}"])).evals[0]
+    for key, want in result.evals[-1].items():
+        assert got[key] == pytest.approx(want, abs=1e-6), key
+    cfg = parse_args(argv)
+    arch = derive_arch(cfg.model, cfg.data.dense_features)
+    test_data = make_data(cfg, arch, np.random.RandomState(0), eval_set=True)
+    model = inference.inference_model(arch, cfg.model, result.final_weights)
+    assert type(model.sparse_arch).__name__ == "SequencePoolingArch"
+    batch = next(iter(test_data))
+    program = inference.export(model, batch)
+    cases = _other_batches(test_data, batch.sparse_features.keys(), arch.m_den)
+    with torch.no_grad():
+        for dense, sparse in cases:
+            want = model(dense, sparse)
+            torch.testing.assert_close(program.module()(dense, sparse), want, rtol=0, atol=1e-6)
+    ort = pytest.importorskip("onnxruntime")
+    inference.save_onnx(model, batch, str(tmp_path / "learned.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "learned.onnx"))
+    for dense, sparse in cases:
+        inputs = {
+            "dense": dense.numpy(),
+            "sparse__values": sparse.values().numpy(),
+            "sparse__lengths": sparse.lengths().numpy(),
+        }
+        (onnx_out,) = session.run(None, inputs)
+        with torch.no_grad():
+            np.testing.assert_allclose(onnx_out, model(dense, sparse).numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="^--quantize-emb-with-bit quantizes pooled tables"):
+        inference.quantize(model, 32, 8)
