@@ -5,9 +5,12 @@
 Measured (samples/s, median of 3 passes over the first 100 batches, `torch.set_num_threads(1)`):
   preprocess   `python -m dlrm_dist.data.criteo preprocess` (vocab and hash), lines/s;
   raw          `CriteoData.raw(i)` (memory maps -> numpy), rank 0 of 1 and of 4;
-  batches      iterating `CriteoData` to TorchRec batches (KJT built), rank 0 of 1;
+  batches      iterating `CriteoData` to TorchRec batches (KJT built), rank 0 of 1; also
+               multi-hot, MLPerf DLRM-DCNv2's bag sizes (214 ids per sample), uniform
+               and pareto;
   training     the trainer on that data (config: the reference's Kaggle MLPs,
-               13-512-256-64-16 / 512-256-1, dim 16, sgd), samples/s and its data wait.
+               13-512-256-64-16 / 512-256-1, dim 16, sgd), samples/s and its data wait;
+               one-hot and multi-hot (uniform).
 The file: `--lines` lines drawn from 50,000 distinct generated ones (13 small integers, 26
 categories out of ~1000 each). The machine is shared: compare ratios, not absolutes.
 """
@@ -53,6 +56,9 @@ def rate(fn, samples: int, repeats: int = 3) -> float:
     return samples / statistics.median(times)
 
 
+MLPERF_SIZES = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
@@ -92,32 +98,44 @@ def measure(tmp: Path, args: argparse.Namespace) -> None:
                     break
 
         print(f"batches, randomize={randomize}, 1 rank: {rate(batches, n * b):,.0f} samples/s")
+    for dist in ("uniform", "pareto"):
+        data = CriteoData(
+            out, "train", b, seed=1, multi_hot_sizes=MLPERF_SIZES, multi_hot_distribution=dist
+        )
+        n = min(100, len(data) - 1)
+
+        def multi(data: CriteoData = data, n: int = n) -> None:
+            for i, _ in enumerate(data):
+                if i + 1 == n:
+                    break
+
+        print(f"batches, multi-hot {dist}, 1 rank: {rate(multi, n * b):,.0f} samples/s")
 
     from dlrm_dist.cli import parse_args
     from dlrm_dist.train import quiet_libraries, run
 
     quiet_libraries()
-    cfg = parse_args(
-        [
-            "--data-generation=dataset",
-            f"--processed-data-file={out}",
-            f"--raw-data-file={raw}",
-            "--arch-sparse-feature-size=16",
-            "--arch-mlp-bot=13-512-256-64-16",
-            "--arch-mlp-top=512-256-1",
-            "--loss-function=bce",
-            f"--mini-batch-size={b}",
-            f"--num-batches={args.train_batches}",
-            "--print-freq=1000000",
-            "--progress-bar=false",
-            "--threads=1",
-        ]
-    )
-    result = run(cfg)
-    print(
-        f"training, 1 rank, 1 thread: {result.samples / result.seconds:,.0f} samples/s, "
-        f"data wait {100 * result.data_seconds / result.seconds:.1f} %"
-    )
+    common = [
+        "--data-generation=dataset",
+        f"--processed-data-file={out}",
+        f"--raw-data-file={raw}",
+        "--arch-sparse-feature-size=16",
+        "--arch-mlp-bot=13-512-256-64-16",
+        "--arch-mlp-top=512-256-1",
+        "--loss-function=bce",
+        f"--mini-batch-size={b}",
+        f"--num-batches={args.train_batches}",
+        "--print-freq=1000000",
+        "--progress-bar=false",
+        "--threads=1",
+    ]
+    hot = "--multi-hot-sizes=" + ",".join(map(str, MLPERF_SIZES))
+    for name, extra in (("one-hot", []), ("multi-hot", [hot])):
+        result = run(parse_args([*common, *extra]))
+        print(
+            f"training {name}, 1 rank, 1 thread: {result.samples / result.seconds:,.0f} "
+            f"samples/s, data wait {100 * result.data_seconds / result.seconds:.1f} %"
+        )
 
 
 if __name__ == "__main__":

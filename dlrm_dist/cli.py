@@ -57,6 +57,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "round-targets": ("data", "round_targets"),
     "zipf-exponent": ("data", "zipf_exponent"),
     "multi-hot-sizes": ("data", "multi_hot_sizes"),
+    "multi-hot-distribution": ("data", "multi_hot_distribution"),
     "data-set": ("data", "data_set"),
     "raw-data-file": ("data", "raw_data_file"),
     "processed-data-file": ("data", "processed_data_file"),
@@ -65,6 +66,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "data-sub-sample-rate": ("data", "data_sub_sample_rate"),
     "data-randomize": ("data", "data_randomize"),
     "skip-bad-lines": ("data", "skip_bad_lines"),
+    "preprocess-workers": ("data", "preprocess_workers"),
+    "memory-map": ("data", "memory_map"),
     "optimizer": ("optim", "optimizer"),
     "learning-rate": ("optim", "learning_rate"),
     "lr-num-warmup-steps": ("optim", "lr_num_warmup_steps"),
@@ -108,12 +111,21 @@ FLAGS: dict[str, tuple[str, str]] = {
 FLAG_FOR = {target: flag for flag, target in FLAGS.items()}
 # The reference's names for settings that have a flag of our own (shown in --help).
 ALIASES = {"save-model": "checkpoint-dir", "load-model": "resume"}
+# Reference switches (no value) that set one of our settings to a value.
+SWITCHES: dict[str, tuple[str, Any, str]] = {
+    "dataset-multiprocessing": (
+        "preprocess-workers",
+        0,
+        "the reference's switch for preprocessing the days in parallel: "
+        "--preprocess-workers=0 (one process per CPU, at most one per day)",
+    ),
+}
 
 # Reference flags that dlrm_dist does not implement yet.
 UNSUPPORTED = (
     "activation-function "
     "data-trace-file data-trace-enable-padding "
-    "num-workers memory-map dataset-multiprocessing test-num-workers sync-dense-params "
+    "num-workers test-num-workers sync-dense-params "
     "use-ipex local_rank "
     "plot-compute-graph tensor-board-filename "
     "mlperf-logging mlperf-bin-loader "
@@ -128,11 +140,21 @@ class RaisingParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+# Why, where more can be said than "not yet".
+_NO_LOADER_WORKERS = (
+    "the Criteo loader has no DataLoader workers: every rank reads its slice of each batch "
+    "from the memory maps itself"
+)
+UNSUPPORTED_WHY = {"num-workers": _NO_LOADER_WORKERS, "test-num-workers": _NO_LOADER_WORKERS}
+
+
 class _Unsupported(argparse.Action):
     def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None):
+        why = UNSUPPORTED_WHY.get(option_string.lstrip("-"), "")
         raise ConfigError(
-            f"{option_string} is a reference flag that dlrm_dist does not support yet; "
-            "remove it (see --help for what is supported)"
+            f"{option_string} is a reference flag that dlrm_dist does not support"
+            + (f" ({why})" if why else " yet")
+            + "; remove it (see --help for what is supported)"
         )
 
 
@@ -150,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(getattr(defaults, section), key)
         if isinstance(default, dict):
             continue  # TOML only
-        doc = field_docs(section)[key]
+        doc = field_docs(section)[key].replace("%", "%%")  # argparse formats help with %
         shown = "-".join(map(str, default)) if isinstance(default, list) else default
         kwargs: dict[str, Any] = {"dest": f"{section}.{key}", "help": f"{doc} [{shown}]"}
         if isinstance(default, bool):
@@ -160,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         section, key = FLAGS[flag]
         help_ = f"the reference's name for --{flag} (a sharded checkpoint, not one file)"
         parser.add_argument(f"--{alias}", dest=f"{section}.{key}", metavar="PATH", help=help_)
+    for switch, (flag, value, help_) in SWITCHES.items():
+        section, key = FLAGS[flag]
+        parser.add_argument(
+            f"--{switch}", dest=f"{section}.{key}", action="store_const", const=value, help=help_
+        )
     for flag in UNSUPPORTED:
         parser.add_argument(f"--{flag}", nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
     return parser

@@ -79,7 +79,15 @@ class DataConfig:
     round_targets: bool = _f(False, "round targets to 0/1")
     zipf_exponent: float = _f(1.05, "zipf: exponent s, P(row of popularity rank k) ~ 1/k^s")
     multi_hot_sizes: list[int] = _f(
-        [], "random-fast: fixed bag size per table (MLPerf style); empty = bag-size flags"
+        [],
+        "fixed bag size per table (MLPerf style): random-fast draws that many indices; dataset "
+        "expands each Criteo id into a bag of that many (itself first); empty = bag-size flags "
+        "(random-fast), one id (dataset)",
+    )
+    multi_hot_distribution: str = _f(
+        "uniform",
+        "dataset with multi_hot_sizes: the bags' other ids, uniform over the table's rows | "
+        "pareto (MLPerf's int(pareto(a=0.25)) mod rows); fixed per (seed, table, id, slot)",
     )
     data_set: str = _f("kaggle", "dataset: Criteo kaggle (train.txt) | terabyte (day_0..day_23)")
     raw_data_file: str = _f(
@@ -97,6 +105,16 @@ class DataConfig:
         "total", "dataset: shuffle the training rows: total | day (within each day) | none"
     )
     skip_bad_lines: bool = _f(False, "dataset: skip (and count) malformed raw lines, else fail")
+    preprocess_workers: int = _f(
+        1,
+        "dataset: processes preprocessing runs in (Terabyte's days parsed, every day's ids "
+        "mapped in parallel); 0 = one per CPU, at most one per day",
+    )
+    memory_map: bool = _f(
+        True,
+        "dataset: read the processed days through memory maps, never loaded whole "
+        "(always on: false is an error)",
+    )
 
 
 @dataclass
@@ -369,6 +387,7 @@ CHOICES = {
     ("data", "cat_encoding"): ("vocab", "hash"),
     ("data", "data_randomize"): ("total", "day", "none"),
     ("data", "rand_data_dist"): ("uniform", "gaussian", "zipf"),
+    ("data", "multi_hot_distribution"): ("uniform", "pareto"),
     ("optim", "optimizer"): ("sgd", "adagrad", "rwsadagrad", "adam"),
     ("sharding", "sharding_type"): SHARDING_TYPES,
     ("sharding", "compute_kernel"): COMPUTE_KERNELS,
@@ -400,6 +419,7 @@ def validate(cfg: Config) -> Config:
     nonneg = [
         ("data", "data_size"),
         ("data", "num_batches"),
+        ("data", "preprocess_workers"),
         ("train", "nepochs"),
         ("optim", "lr_num_warmup_steps"),
         ("optim", "lr_decay_start_step"),
@@ -451,14 +471,7 @@ def validate(cfg: Config) -> Config:
             )
     if d.rand_data_dist == "zipf" and d.generation != "random-fast":
         raise ConfigError("--rand-data-dist=zipf needs --data-generation=random-fast")
-    if d.multi_hot_sizes:
-        if d.generation != "random-fast":
-            raise ConfigError("--multi-hot-sizes needs --data-generation=random-fast")
-        if len(d.multi_hot_sizes) != len(m.embedding_sizes) or min(d.multi_hot_sizes) < 1:
-            raise ConfigError(
-                f"--multi-hot-sizes needs one positive size per table "
-                f"({len(m.embedding_sizes)} tables), got {len(d.multi_hot_sizes)}"
-            )
+    validate_multi_hot(d, len(m.embedding_sizes))
     if d.zipf_exponent <= 0:
         raise ConfigError("--zipf-exponent must be positive")
     if d.generation == "dataset":
@@ -472,6 +485,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError("--data-cat-encoding=hash needs --max-ind-range > 0 (rows per table)")
         if d.max_ind_range >= 1 << 31:
             raise ConfigError("--max-ind-range must be below 2^31 (row ids are int32)")
+    if not d.memory_map:
+        raise ConfigError(
+            "--memory-map=false is not supported: the processed Criteo data is always read "
+            "through memory maps (drop the flag)"
+        )
     sh = cfg.sharding
     if not 0 <= sh.cache_ratio <= 1:
         raise ConfigError("--embedding-cache-ratio must lie in [0, 1], e.g. 0.01")
@@ -507,6 +525,41 @@ def validate(cfg: Config) -> Config:
         if ck.resume == "auto":
             raise ConfigError("--resume=auto needs --checkpoint-dir (where to look)")
     return cfg
+
+
+def validate_multi_hot(d: DataConfig, tables: int) -> None:
+    """Multi-hot bags: random-fast draws them, dataset expands Criteo's ids into them; the
+    reference's exact generator has none. One size >= 1 per table (Criteo: 26)."""
+    if d.multi_hot_sizes:
+        if d.generation == "random":
+            raise ConfigError(
+                "--multi-hot-sizes needs --data-generation=random-fast or dataset (the "
+                "reference's random data has random bag sizes)"
+            )
+        where = f"{tables} tables"
+        if d.generation == "dataset":
+            from dlrm_dist.data.criteo_tsv import NUM_SPARSE
+
+            tables, where = NUM_SPARSE, f"{NUM_SPARSE} tables: Criteo's categorical features"
+        if len(d.multi_hot_sizes) != tables:
+            raise ConfigError(
+                f"--multi-hot-sizes needs one positive size per table ({where}), "
+                f"got {len(d.multi_hot_sizes)}"
+            )
+        if min(d.multi_hot_sizes) < 1:
+            t = min(range(tables), key=lambda i: d.multi_hot_sizes[i])
+            raise ConfigError(
+                f"--multi-hot-sizes needs one positive size per table: table {t} has "
+                f"{d.multi_hot_sizes[t]}"
+            )
+    if d.multi_hot_distribution != "uniform" and not (
+        d.generation == "dataset" and d.multi_hot_sizes
+    ):
+        raise ConfigError(
+            f"--multi-hot-distribution={d.multi_hot_distribution} needs "
+            "--data-generation=dataset and --multi-hot-sizes (random-fast's bags follow "
+            "--rand-data-dist)"
+        )
 
 
 def validate_inference(cfg: Config) -> None:

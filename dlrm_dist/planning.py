@@ -190,7 +190,8 @@ def build_topology(
 def expected_pooling_factors(data: DataConfig, rows: Sequence[int]) -> list[float]:
     """Mean indices per bag and table, which sizes the planner's input/output estimates.
 
-    multi_hot_sizes are exact, and so is num_indices_per_lookup when fixed. Otherwise a
+    multi_hot_sizes are exact (random-fast and Criteo), Criteo's one-hot ids are 1, and
+    num_indices_per_lookup is exact when fixed. Otherwise a
     bag has k = rint(max(1, u * c)) indices, u ~ U(0, 1), c = min(rows, num_indices_per_lookup),
     so E[k] = (1.5 + 2 + ... + (c - 1) + c / 2) / c: k = 1 on u*c < 1.5, k = j on a band of
     width 1, k = c on the last half band. random-fast keeps duplicate indices, so that is
@@ -198,6 +199,8 @@ def expected_pooling_factors(data: DataConfig, rows: Sequence[int]) -> list[floa
     """
     if data.multi_hot_sizes:
         return [float(k) for k in data.multi_hot_sizes]
+    if data.generation == "dataset":
+        return [1.0] * len(rows)
     nipl = data.num_indices_per_lookup
     if data.num_indices_per_lookup_fixed:
         return [float(nipl)] * len(rows)

@@ -59,7 +59,8 @@ def make_data(
     shared with the initial weights and the other set) whole on every rank. `random-fast`:
     each rank draws only its slice; batch b depends only on the seed, the set and b.
     `dataset`: the processed Criteo data's train (or test) split, each rank reading its
-    slice (`dataset_tables` has preprocessed it and taken the tables from it)."""
+    slice (`dataset_tables` has preprocessed it and taken the tables from it), its ids
+    expanded into bags when multi_hot_sizes are given."""
     d = cfg.data
     seed = cfg.train.numpy_rand_seed
     batch = d.test_mini_batch_size if eval_set and d.test_mini_batch_size > 0 else None
@@ -67,7 +68,18 @@ def make_data(
     if d.generation == "dataset":  # the reference limits only the training batches
         split, limit = ("test", 0) if eval_set else ("train", d.num_batches)
         directory = criteo.processed_dir(d)
-        return CriteoData(directory, split, batch, rank, world_size, d.data_randomize, seed, limit)
+        return CriteoData(
+            directory,
+            split,
+            batch,
+            rank,
+            world_size,
+            d.data_randomize,
+            seed,
+            limit,
+            d.multi_hot_sizes,
+            d.multi_hot_distribution,
+        )
     common = dict(
         dense_features=arch.m_den,
         table_sizes=arch.ln_emb,

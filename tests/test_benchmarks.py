@@ -63,3 +63,34 @@ def test_gpu_benchmark_smoke_runs_the_same_code_tiny_on_cpu():
     assert parts["MLP + interaction"] > 0 and parts["embedding backward + update"] > 0
     assert parts["whole step"] > 0
     assert "of the H200's 4.8 TB/s" in out
+
+
+def test_criteo_loader_benchmark_smoke_reports_every_measurement():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/criteo_loader.py",
+            "--lines=4000",
+            "--batch=256",
+            "--train-batches=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for what in (
+        "preprocess vocab:",
+        "preprocess hash:",
+        "raw, randomize=total, rank 0 of 4:",
+        "batches, randomize=none, 1 rank:",
+        "batches, multi-hot uniform, 1 rank:",
+        "batches, multi-hot pareto, 1 rank:",
+        "training one-hot, 1 rank, 1 thread:",
+        "training multi-hot, 1 rank, 1 thread:",
+    ):
+        line = next((x for x in out.splitlines() if x.startswith(what)), None)
+        assert line is not None, (what, out)
+        assert float(line[len(what) :].split()[0].replace(",", "")) > 0, line

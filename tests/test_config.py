@@ -106,7 +106,10 @@ def test_missing_file():
         (["--save-onnx=m.onnx"], "--save-onnx: only with --inference-only"),
         (["--data-trace-file=x"], "--data-trace-file is a reference flag that dlrm_dist does not"),
         (["--use-ipex"], "--use-ipex is a reference flag"),
-        (["--memory-map", "True"], "--memory-map is a reference flag"),
+        (["--memory-map=false"], "--memory-map=false is not supported: .* always read"),
+        (["--num-workers=4"], "--num-workers is a reference flag .* no DataLoader workers"),
+        (["--test-num-workers", "16"], "--test-num-workers is a reference flag .*DataLoader"),
+        (["--preprocess-workers=-1"], "--preprocess-workers must not be negative"),
         (["--no-such-flag"], "unrecognized arguments"),
         (["--mini-batch-size=abc"], "--mini-batch-size\\) must be an integer"),
         (["--arch-mlp-bot=4-x-2"], "not a dash-separated list"),
@@ -185,3 +188,15 @@ def test_lists_take_commas_or_dashes():
         ["--data-generation=random-fast", "--multi-hot-sizes=3,2,1", "--arch-mlp-bot=4-3-2"]
     )
     assert cfg.data.multi_hot_sizes == [3, 2, 1] and cfg.model.mlp_bot == [4, 3, 2]
+
+
+def test_reference_data_switches_have_their_meaning():
+    assert parse_args([]).data.memory_map and parse_args([]).data.preprocess_workers == 1
+    assert parse_args(["--memory-map"]).data.memory_map  # always memory-mapped anyway
+    assert parse_args(["--memory-map", "True"]).data.memory_map
+    assert parse_args(["--dataset-multiprocessing"]).data.preprocess_workers == 0
+    assert parse_args(["--preprocess-workers=3"]).data.preprocess_workers == 3
+    text = build_parser().format_help()
+    for flag in ("--memory-map", "--dataset-multiprocessing", "--preprocess-workers"):
+        assert flag in text
+    assert "--multi-hot-distribution" in text and "--num-workers" not in text

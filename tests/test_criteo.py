@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from dlrm_dist.config import ConfigError
 from dlrm_dist.data import criteo, criteo_tsv
 from dlrm_dist.data.criteo import Preprocessor, Settings
 from dlrm_dist.data.criteo_data import Bijection, CriteoData
+from dlrm_dist.data.multi_hot import MultiHot
 from dlrm_dist.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +61,8 @@ def _write(path: Path, lines: list[str], end: str = "\n", final: bool = True) ->
 def _preprocess(raw: Path, out: Path, data_set: str = "kaggle", **kw) -> dict:
     skip = kw.pop("skip_bad_lines", False)
     seed = kw.pop("seed", 123)
-    return Preprocessor(Settings(data_set, **kw), str(raw), out, skip, seed).run()
+    workers = kw.pop("workers", 1)
+    return Preprocessor(Settings(data_set, **kw), str(raw), out, skip, seed, workers).run()
 
 
 def _arrays(out: Path, days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -297,6 +300,50 @@ def test_a_rerun_skips_the_days_already_done(tmp_path, monkeypatch, encoding):
     for a, b in zip(_arrays(tmp_path / "p", 24), _arrays(tmp_path / "clean", 24)):
         np.testing.assert_array_equal(a, b)
     assert not list((tmp_path / "p").glob("day_*_raw.npy"))
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize(
+    ("data_set", "settings"),
+    [
+        ("terabyte", {}),
+        ("terabyte", dict(cat_encoding="hash", max_ind_range=100, sub_sample_rate=0.5)),
+        ("kaggle", dict(max_ind_range=500, sub_sample_rate=0.3)),
+    ],
+    ids=["terabyte-vocab", "terabyte-hash", "kaggle"],
+)
+def test_parallel_preprocessing_writes_the_same_files(tmp_path, data_set, settings):
+    if data_set == "terabyte":
+        raw = _terabyte(tmp_path / "raw", per_day=6)
+    else:
+        raw = _write(tmp_path / "train.txt", _random_lines(np.random.default_rng(8), 100))
+    serial = _preprocess(raw, tmp_path / "w1", data_set, seed=4, **settings)
+    parallel = _preprocess(raw, tmp_path / "w2", data_set, seed=4, workers=2, **settings)
+    assert parallel == serial
+    assert _files(tmp_path / "w2") == _files(tmp_path / "w1")  # every file, byte for byte
+
+
+def test_parallel_preprocessing_stops_at_a_bad_line_and_resumes(tmp_path):
+    raw = _terabyte(tmp_path / "raw")
+    clean = _preprocess(raw, tmp_path / "clean", "terabyte")
+    day_5 = tmp_path / "raw" / "day_5"
+    good = day_5.read_bytes()
+    _write(day_5, [GOOD, "oops"])
+    out = tmp_path / "p"
+    with pytest.raises(ConfigError, match=re.escape(f"{day_5}:2: 1 tab-separated")):
+        _preprocess(raw, out, "terabyte", workers=2)
+    assert not (out / "meta.json").exists() and not (out / "day_5.json").exists()
+    assert not list(out.glob("*.tmp"))  # the stopped workers' files are cleared
+    day_5.write_bytes(good)
+    done = [int(p.stem.split("_")[1]) for p in out.glob("day_*.json")]
+    assert len(done) >= 4  # of days 0-4, at most one was still running
+    for day in done:  # finished days' raw files are not read again
+        _write(tmp_path / "raw" / f"day_{day}", ["not a criteo line"])
+    resumed = _preprocess(raw, out, "terabyte", workers=2)
+    assert resumed == clean and _files(out) == _files(tmp_path / "clean")
 
 
 def test_complete_data_with_other_settings_is_an_error(tmp_path):
@@ -564,3 +611,185 @@ def test_it_learns_a_planted_signal_on_two_ranks_and_not_shuffled_labels(tmp_pat
     assert [run["evals"] for run in results[1]] == [run["evals"] for run in results[0]]
     assert signal > 0.75, signal  # ~0.9
     assert abs(shuffled - 0.5) < 0.08, shuffled
+
+
+# --- multi-hot ------------------------------------------------------------------------
+
+SIZES = [1 + t % 5 for t in range(26)]  # 1..5, every table
+
+
+def _bags(raw, sizes=SIZES) -> list[np.ndarray]:
+    """Per table, the (n, k_t) bags of a RawBatch."""
+    n = raw.targets.shape[0]
+    ends = np.cumsum([n * k for k in sizes])
+    return [v.reshape(n, k) for v, k in zip(np.split(raw.values, ends[:-1]), sizes)]
+
+
+def test_multi_hot_bags_have_their_size_start_with_the_id_and_stay_in_the_table(processed_100):
+    one = CriteoData(processed_100, "train", 20)
+    multi = CriteoData(processed_100, "train", 20, multi_hot_sizes=SIZES)
+    rows = one.counts
+    for i in range(len(one)):
+        raw, want = multi.raw(i), one.raw(i)
+        n = want.targets.shape[0]
+        np.testing.assert_array_equal(raw.lengths, np.repeat(np.array(SIZES)[:, None], n, 1))
+        np.testing.assert_array_equal(raw.dense, want.dense)
+        np.testing.assert_array_equal(raw.targets, want.targets)
+        for t, bag in enumerate(_bags(raw)):
+            np.testing.assert_array_equal(bag[:, 0], want.values.reshape(26, n)[t])
+            assert bag.min() >= 0 and bag.max() < rows[t]
+    batch = next(iter(multi))
+    assert batch.sparse_features.lengths().tolist() == np.repeat(SIZES, 20).tolist()
+    # sizes of 1 are the one-hot batches, value for value
+    ones = CriteoData(processed_100, "train", 20, multi_hot_sizes=[1] * 26)
+    for i in range(len(one)):
+        np.testing.assert_array_equal(ones.raw(i).values, one.raw(i).values)
+        np.testing.assert_array_equal(ones.raw(i).lengths, one.raw(i).lengths)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "pareto"])
+def test_an_id_always_expands_to_the_same_bag(processed_100, distribution):
+    """Across batches, epochs, ranks (1 and 2), shuffling and splits."""
+    seen: dict[tuple[int, int], list[int]] = {}
+
+    def record(data: CriteoData) -> None:
+        for i in range(len(data)):
+            for t, bag in enumerate(_bags(data.raw(i))):
+                for row in bag.tolist():
+                    assert seen.setdefault((t, row[0]), row) == row, (t, row)
+
+    kw = dict(multi_hot_sizes=SIZES, multi_hot_distribution=distribution, seed=3)
+    full = CriteoData(processed_100, "train", 12, randomize="total", **kw)
+    ranks = [CriteoData(processed_100, "train", 12, r, 2, "total", **kw) for r in range(2)]
+    for i in range(len(full)):
+        got = [rank.raw(i) for rank in ranks]
+        want = _bags(full.raw(i))
+        for t in range(26):
+            np.testing.assert_array_equal(np.concatenate([_bags(g)[t] for g in got]), want[t])
+    for data in (full, full, *ranks, CriteoData(processed_100, "test", 5, **kw)):
+        record(data)
+    assert any(len(set(bag)) > 1 for bag in seen.values())  # not all copies of the id
+
+
+def test_multi_hot_depends_on_the_seed():
+    a = MultiHot([8], [1000], seed=1).bags(0, np.arange(100))
+    b = MultiHot([8], [1000], seed=2).bags(0, np.arange(100))
+    np.testing.assert_array_equal(a[:, 0], b[:, 0])
+    assert (a[:, 1:] != b[:, 1:]).mean() > 0.99
+    np.testing.assert_array_equal(a, MultiHot([8], [1000], seed=1).bags(0, np.arange(100)))
+    # a slot does not depend on the bag size, nor on the other ids asked with it
+    np.testing.assert_array_equal(a[:, :5], MultiHot([5], [1000], seed=1).bags(0, np.arange(100)))
+    np.testing.assert_array_equal(a[7:9], MultiHot([8], [1000], seed=1).bags(0, np.array([7, 8])))
+
+
+def test_multi_hot_uniform_ids_are_uniform():
+    rows = 50
+    draws = MultiHot([11], [rows], "uniform", seed=5).bags(0, np.arange(20000))[:, 1:]
+    counts = np.bincount(draws.ravel(), minlength=rows)
+    expected = draws.size / rows
+    chi2 = float(((counts - expected) ** 2 / expected).sum())  # ~ chi-square, 49 dof
+    assert chi2 < 49 + 6 * math.sqrt(2 * 49), chi2
+    big = MultiHot([3], [10**9], "uniform", seed=5).bags(0, np.arange(50000))[:, 1:]
+    assert abs(big.mean() / 1e9 - 0.5) < 0.01 and big.max() < 10**9
+
+
+def _pareto_mod_is(value: int, rows: int, a: float = 0.25, terms: int = 10**6) -> float:
+    """P(int(X) % rows == value), X ~ numpy's pareto(a): P(X > x) = (1 + x)^-a, summed over
+    X in [m rows + value, m rows + value + 1), m < terms, plus the rest as an integral."""
+    m = np.arange(terms, dtype=np.float64) * rows + value
+    head = float(((1 + m) ** -a - (2 + m) ** -a).sum())
+    x = (terms - 0.5) * rows + value  # sum over m >= terms ~ integral from terms - 1/2
+    return head + ((2 + x) ** (1 - a) - (1 + x) ** (1 - a)) / (rows * (1 - a))
+
+
+@pytest.mark.parametrize("rows", [10, 1000])
+def test_multi_hot_pareto_follows_its_closed_form(rows):
+    draws = MultiHot([6], [rows], "pareto", seed=7).bags(0, np.arange(40000))[:, 1:].ravel()
+    assert draws.min() >= 0 and draws.max() < rows
+    numpy_draws = np.random.default_rng(0).pareto(0.25, draws.size).tolist()
+    theirs = np.array([int(x) % rows for x in numpy_draws])  # MLPerf's formula, exact ints
+    for value in (0, 1, 3):
+        want = _pareto_mod_is(value, rows)
+        tol = 6 * math.sqrt(want * (1 - want) / draws.size)
+        assert abs((draws == value).mean() - want) < tol, (value, want)
+        assert abs((theirs == value).mean() - want) < tol  # the closed form is numpy's law
+    assert (draws == 0).mean() > 0.15  # concentrated at small ids (uniform: 1 / rows)
+
+
+def test_multi_hot_settings_are_checked():
+    from dlrm_dist.cli import parse_args
+
+    base = ["--data-generation=dataset", "--raw-data-file=x"]
+    sizes = ",".join(map(str, SIZES))
+    d = parse_args([*base, f"--multi-hot-sizes={sizes}", "--multi-hot-distribution=pareto"]).data
+    assert (d.multi_hot_sizes, d.multi_hot_distribution) == (SIZES, "pareto")
+    for argv, message in [
+        (["--multi-hot-sizes=3,2"], "one positive size per table \\(26 tables: Criteo's"),
+        ([f"--multi-hot-sizes=0,{sizes[2:]}"], "table 0 has 0"),
+        (["--multi-hot-distribution=pareto"], "pareto needs --data-generation=dataset and"),
+        ([f"--multi-hot-sizes={sizes}", "--multi-hot-distribution=zipf"], "zipf is not supp"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_args([*base, *argv])
+    with pytest.raises(ConfigError, match="random-fast or dataset"):
+        parse_args([f"--multi-hot-sizes={sizes}"])  # the reference's random data
+    with pytest.raises(ConfigError, match="needs --data-generation=dataset"):
+        parse_args(["--data-generation=random-fast", "--multi-hot-distribution=pareto"])
+    mlperf = parse_args(["--config", str(ROOT / "configs" / "mlperf_dcnv2.toml"), *base]).data
+    assert len(mlperf.multi_hot_sizes) == 26 and mlperf.multi_hot_distribution == "uniform"
+
+
+def test_planner_pooling_factors_for_criteo():
+    from dlrm_dist import planning
+    from dlrm_dist.cli import parse_args
+
+    base = ["--data-generation=dataset", "--raw-data-file=x"]
+    one = parse_args(base).data
+    assert planning.expected_pooling_factors(one, [10] * 26) == [1.0] * 26
+    sizes = ",".join(map(str, SIZES))
+    multi = parse_args([*base, f"--multi-hot-sizes={sizes}"]).data
+    assert planning.expected_pooling_factors(multi, [10] * 26) == [float(k) for k in SIZES]
+
+
+def test_trainer_trains_multi_hot_criteo(tmp_path, capsys):
+    raw = _write(tmp_path / "train.txt", _random_lines(np.random.default_rng(7), 140))
+    sizes = "-".join(map(str, SIZES))
+    for distribution in ("uniform", "pareto"):
+        args = _train_args(
+            raw,
+            tmp_path / "p",
+            "--mini-batch-size=20",
+            "--test-freq=3",
+            f"--multi-hot-sizes={sizes}",
+            f"--multi-hot-distribution={distribution}",
+        )
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "auc" in out and "Finished training it 6/6 of epoch 0" in out
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_train_multi_hot_criteo_like_one(tmp_path):
+    from dlrm_dist.cli import parse_args
+    from dlrm_dist.train import run
+    from tests.multiprocess import launch, train_many
+
+    raw = _write(tmp_path / "train.txt", _random_lines(np.random.default_rng(9), 140))
+    sizes = "-".join(map(str, SIZES))
+    args = _train_args(
+        raw,
+        tmp_path / "p",
+        "--mini-batch-size=20",
+        "--test-mini-batch-size=10",
+        "--test-freq=3",
+        f"--multi-hot-sizes={sizes}",
+        "--multi-hot-distribution=pareto",
+        "--learning-rate=0.1",
+    )
+    one = run(parse_args(args))
+    two = launch(2, train_many, [args])[0][0]
+    assert len(one.losses) == 6
+    np.testing.assert_allclose(two["losses"], one.losses, rtol=1e-5, atol=1e-7)
+    for name, want in one.final_weights.items():
+        np.testing.assert_allclose(two["weights"][name], want, rtol=1e-5, atol=1e-6)
+    assert two["evals"][-1]["auc"] == pytest.approx(one.evals[-1]["auc"], abs=1e-6)

@@ -32,6 +32,14 @@ is skipped on a rerun (its raw file is not read), so an interrupted Terabyte run
 `vocab` makes two passes: raw values per day (`day_{d}_raw.npy`, uint32, and its distinct
 values `day_{d}_uniques.npz`), then the vocabulary (`vocab.npz`), then the ids per day.
 
+--preprocess-workers N runs the per-day work in N processes: Terabyte's days are parsed in
+parallel (each is its own file; its sub-sampling generator is seeded by its day), the
+vocabulary is merged feature by feature in parallel, and every day's ids are mapped in
+parallel. Every output depends only on its day (or feature), so the files are those of one
+process, byte for byte (tested), and a rerun resumes the same way. Kaggle's days are cut from
+one file by line count, so its parsing stays in one process (its mapping is parallel). Each
+worker holds a parse block, and, when mapping, the whole vocabulary (4 bytes a row).
+
 Not from torchrec.datasets.criteo: its `tsv_to_npys` holds a whole file in Python lists
 (memory grows with the file), reports no line numbers, and its dense transform is
 log(x - min + 2), not the reference's; its `sparse_to_contiguous` loads every day and maps
@@ -44,10 +52,13 @@ import argparse
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -259,11 +270,11 @@ def _kaggle_stream(path: Path, ends: np.ndarray, bar: Any) -> Iterator[tuple[int
 
 
 class _Bar:
-    """tqdm over bytes when stderr is a terminal, else nothing."""
+    """tqdm over bytes when stderr is a terminal (and show), else nothing."""
 
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, show: bool = True) -> None:
         self.bar = None
-        if sys.stderr.isatty():
+        if show and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
@@ -277,8 +288,83 @@ class _Bar:
             self.bar.close()
 
 
+class _Workers:
+    """Jobs run in this process, in order (n = 1), or in n worker processes, in any order.
+    The processes start at the first parallel map; spawned, not forked: the trainer that
+    preprocesses first has threads (torch, the process group) that a fork would not copy.
+    concurrent.futures rather than multiprocessing.Pool: a worker killed (out of memory)
+    is an error there, not a hang."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.pool: ProcessPoolExecutor | None = None
+
+    def parallel(self, jobs: int) -> bool:
+        return self.n > 1 and jobs > 1
+
+    def map(self, fn: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
+        """fn(job) for every job (fn and the jobs picklable), as they finish."""
+        if not self.parallel(len(jobs)):
+            yield from map(fn, jobs)
+            return
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+        futures = [self.pool.submit(fn, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool:
+            raise ConfigError(
+                "a preprocessing worker process died (out of memory?): rerun to resume, "
+                "with fewer --preprocess-workers"
+            ) from None
+
+    def close(self, failed: bool) -> None:
+        """Wait for the workers; after a failure, stop them first (a day may take hours)."""
+        if self.pool is None:
+            return
+        if failed:  # no public way to stop running jobs before Python 3.14
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = None
+
+
+def _parse_job(job: tuple[Preprocessor, int, bool]) -> tuple[int, dict[str, Any]]:
+    pre, day, bar = job
+    return day, pre._parse_file_day(day, bar)
+
+
+def _merge_job(job: tuple[Preprocessor, int]) -> tuple[int, np.ndarray]:
+    pre, feature = job
+    return feature, pre._vocabulary(feature)
+
+
+_worker_vocab: dict[Path, list[np.ndarray]] = {}  # a worker's vocabulary, loaded once
+
+
+def _map_job(job: tuple[Preprocessor, int]) -> int:
+    pre, day = job
+    path = pre.dir / "vocab.npz"
+    if path not in _worker_vocab:
+        _worker_vocab.clear()
+        _worker_vocab[path] = _load_vocab(path)
+    pre._map_day(day, _worker_vocab[path])
+    return day
+
+
+def _load_vocab(path: Path) -> list[np.ndarray]:
+    with np.load(path) as z:
+        return [z[f"f{f}"] for f in range(NUM_SPARSE)]
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Preprocessor:
-    """One preprocessing job: raw files -> `directory` (see the module docstring)."""
+    """One preprocessing job: raw files -> `directory` (see the module docstring).
+    workers: processes for the per-day work, 0 = one per CPU (at most one per day)."""
 
     def __init__(
         self,
@@ -287,13 +373,17 @@ class Preprocessor:
         directory: str | Path,
         skip_bad_lines: bool = False,
         seed: int = 123,
+        workers: int = 1,
     ) -> None:
         settings.check()
+        if workers < 0:
+            raise ConfigError("--preprocess-workers must not be negative (0 = one per CPU)")
         self.settings, self.skip_bad_lines = settings, skip_bad_lines
         self.dir = Path(directory)
         self.days = DAYS[settings.data_set]
         self.raw = raw_files(settings.data_set, raw_data_file) if raw_data_file else []
         self.seed = seed
+        self.workers = min(workers or available_cpus(), self.days)
 
     def _path(self, day: int, what: str) -> Path:
         return self.dir / f"day_{day}_{what}"
@@ -315,8 +405,17 @@ class Preprocessor:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._settings_file()
         start = time.perf_counter()
-        records = self._parse_days()
-        counts = self._sparse_ids()
+        workers = _Workers(self.workers)
+        try:
+            records = self._parse_days(workers)
+            counts = self._sparse_ids(workers)
+        except BaseException:
+            if workers.pool is not None:  # stopped workers leave their temporary files
+                workers.close(failed=True)
+                for tmp in self.dir.glob("*.tmp"):
+                    tmp.unlink(missing_ok=True)
+            raise
+        workers.close(failed=False)
         meta = {
             "format": FORMAT,
             **asdict(self.settings),
@@ -345,7 +444,7 @@ class Preprocessor:
         return json.loads(path.read_text()) if path.exists() else None
 
     # pass 1: parse every day not done yet
-    def _parse_days(self) -> list[dict[str, Any]]:
+    def _parse_days(self, workers: _Workers) -> list[dict[str, Any]]:
         records: list[dict[str, Any] | None] = [self._done(d) for d in range(self.days)]
         todo = [d for d in range(self.days) if records[d] is None]
         if todo and len(todo) < self.days:
@@ -363,15 +462,31 @@ class Preprocessor:
             for day, pieces in _pieces_by_day(_kaggle_stream(path, ends, bar), self.days):
                 if records[day] is None:
                     records[day] = self._parse_day(day, pieces, path)
+                    self._log_day(day, records[day])
             bar.close()
         else:
-            for day in todo:
-                path = self.raw[day]
-                bar = _Bar(path.stat().st_size, f"parsing {path.name}")
-                pieces = tsv.read_blocks(path, on_progress=bar.to)
-                records[day] = self._parse_day(day, pieces, path)
-                bar.close()
+            sizes = {day: self.raw[day].stat().st_size for day in todo}
+            parallel = workers.parallel(len(todo))
+            desc = f"parsing {len(todo)} days in {workers.n} processes"
+            bar = _Bar(sum(sizes.values()), desc, show=parallel)
+            done = 0
+            jobs = [(self, day, not parallel) for day in todo]  # one bar per day, or this
+            for day, record in workers.map(_parse_job, jobs):
+                records[day] = record
+                self._log_day(day, record)
+                done += sizes[day]
+                bar.to(done)
+            bar.close()
         return records  # type: ignore[return-value]
+
+    def _parse_file_day(self, day: int, bar: bool) -> dict[str, Any]:
+        """Parse Terabyte's day `day` (its own file), with its own progress bar when bar."""
+        path = self.raw[day]
+        progress = _Bar(path.stat().st_size, f"parsing {path.name}", show=bar)
+        try:
+            return self._parse_day(day, tsv.read_blocks(path, on_progress=progress.to), path)
+        finally:
+            progress.close()
 
     def _parse_day(
         self, day: int, pieces: Iterable[tuple[int, bytes]], path: Path
@@ -432,56 +547,77 @@ class Preprocessor:
             "dropped_negatives": dropped,
         }
         _write_json(self.dir / f"day_{day}.json", record)
+        return record
+
+    @staticmethod
+    def _log_day(day: int, record: dict[str, Any]) -> None:
         log.info(
             "day %d: %d rows from %d lines (%d bad lines skipped, %d negatives sub-sampled away)",
             day,
             record["rows"],
-            lines,
-            bad,
-            dropped,
+            record["lines"],
+            record["bad_lines"],
+            record["dropped_negatives"],
         )
-        return record
 
     # pass 2 (vocab): the vocabulary, then every day's ids
-    def _sparse_ids(self) -> list[int]:
+    def _sparse_ids(self, workers: _Workers) -> list[int]:
         s = self.settings
         if s.cat_encoding == "hash":
             return [s.max_ind_range] * NUM_SPARSE
         vocab_path = self.dir / "vocab.npz"
         if not vocab_path.exists():
-            merged = [np.empty(0, dtype=np.uint32) for _ in range(NUM_SPARSE)]
-            for day in range(self.days):
-                with np.load(self._path(day, "uniques.npz")) as z:
-                    for f in range(NUM_SPARSE):
-                        merged[f] = np.union1d(merged[f], z[f"f{f}"])
+            merged: list[np.ndarray] = [np.empty(0, dtype=np.uint32)] * NUM_SPARSE
+            jobs = [(self, f) for f in range(NUM_SPARSE)]
+            for f, values in workers.map(_merge_job, jobs):
+                merged[f] = values
             if max(v.size for v in merged) >= 1 << 31:
                 raise ConfigError("a vocabulary has 2^31 values or more: set --max-ind-range")
             _save_npz(vocab_path, merged)
-        with np.load(vocab_path) as z:
-            vocab = [z[f"f{f}"] for f in range(NUM_SPARSE)]
+        todo = []
         for day in range(self.days):
-            raw_path = self._path(day, "raw.npy")
             if self._path(day, "sparse.npy").exists():
-                raw_path.unlink(missing_ok=True)
-                continue
-            empty = raw_path.stat().st_size == _HEADER_BYTES  # numpy cannot map 0 bytes
-            raw = None if empty else np.load(raw_path, mmap_mode="r")
-            rows = 0 if raw is None else raw.shape[0]
-            out = _NpyWriter(self._path(day, "sparse.npy"), np.int32, NUM_SPARSE)
-            try:
-                for lo in range(0, rows, _MAP_ROWS):
-                    block = np.asarray(raw[lo : lo + _MAP_ROWS])  # type: ignore[index]
-                    ids = np.empty(block.shape, dtype=np.int32)
-                    for f in range(NUM_SPARSE):
-                        ids[:, f] = np.searchsorted(vocab[f], block[:, f])
-                    out.append(ids)
-            except BaseException:
-                out.abort()
-                raise
-            out.close()
-            del raw
-            raw_path.unlink()
+                self._path(day, "raw.npy").unlink(missing_ok=True)
+            else:
+                todo.append(day)
+        if workers.parallel(len(todo)):
+            for _ in workers.map(_map_job, [(self, day) for day in todo]):
+                pass
+            with np.load(vocab_path) as z:
+                return [int(z[f"f{f}"].size) for f in range(NUM_SPARSE)]
+        vocab = _load_vocab(vocab_path)
+        for day in todo:
+            self._map_day(day, vocab)
         return [int(v.size) for v in vocab]
+
+    def _vocabulary(self, feature: int) -> np.ndarray:
+        """The sorted distinct values of `feature` over all days."""
+        merged = np.empty(0, dtype=np.uint32)
+        for day in range(self.days):
+            with np.load(self._path(day, "uniques.npz")) as z:
+                merged = np.union1d(merged, z[f"f{feature}"])
+        return merged
+
+    def _map_day(self, day: int, vocab: list[np.ndarray]) -> None:
+        """Day `day`'s raw values -> their rows in the vocabulary (day_{day}_sparse.npy)."""
+        raw_path = self._path(day, "raw.npy")
+        empty = raw_path.stat().st_size == _HEADER_BYTES  # numpy cannot map 0 bytes
+        raw = None if empty else np.load(raw_path, mmap_mode="r")
+        rows = 0 if raw is None else raw.shape[0]
+        out = _NpyWriter(self._path(day, "sparse.npy"), np.int32, NUM_SPARSE)
+        try:
+            for lo in range(0, rows, _MAP_ROWS):
+                block = np.asarray(raw[lo : lo + _MAP_ROWS])  # type: ignore[index]
+                ids = np.empty(block.shape, dtype=np.int32)
+                for f in range(NUM_SPARSE):
+                    ids[:, f] = np.searchsorted(vocab[f], block[:, f])
+                out.append(ids)
+        except BaseException:
+            out.abort()
+            raise
+        out.close()
+        del raw
+        raw_path.unlink()
 
     def _summary(self, records: list[dict[str, Any]], seconds: float) -> None:
         total = {k: sum(r[k] for r in records) for k in ("lines", "rows", "bad_lines")}
@@ -546,7 +682,14 @@ def ensure_processed(cfg: DataConfig, seed: int, rank: int = 0, poll_s: float = 
     directory = processed_dir(cfg)
     settings = settings_of(cfg)
     if rank == 0:
-        return Preprocessor(settings, cfg.raw_data_file, directory, cfg.skip_bad_lines, seed).run()
+        return Preprocessor(
+            settings,
+            cfg.raw_data_file,
+            directory,
+            cfg.skip_bad_lines,
+            seed,
+            cfg.preprocess_workers,
+        ).run()
     while (meta := load_meta(directory)) is None:
         time.sleep(poll_s)
     check_settings(meta, settings, directory)
@@ -587,6 +730,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
     p.add_argument("--numpy-rand-seed", type=int, default=123, help="seed of the sub-sampling")
+    p.add_argument(
+        "--preprocess-workers",
+        type=int,
+        default=1,
+        help="processes for the per-day work (Terabyte's parsing, every day's id mapping); "
+        "0 = one per CPU, at most one per day; the output is the same",
+    )
     return parser
 
 
@@ -601,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         cat_encoding=args.data_cat_encoding,
         data_sub_sample_rate=args.data_sub_sample_rate,
         skip_bad_lines=args.skip_bad_lines,
+        preprocess_workers=args.preprocess_workers,
     )
     try:
         ensure_processed(cfg, args.numpy_rand_seed)

@@ -18,6 +18,11 @@ Global batch b holds positions [b B, (b + 1) B) of the split's order; a rank rea
 [start, stop) of it (its contiguous slice, `random_fast.local_bounds`) from the memory maps, so
 concatenating the ranks' slices gives the global batch for any world size. The last batch is
 partial, like the other generators (the trainer leaves it out when the ranks cannot split it).
+
+Multi-hot (`--multi-hot-sizes`): each rank expands the one-hot ids of its own slice into bags
+of multi_hot_sizes[t] ids (`multi_hot.MultiHot`: the same id gives the same bag on every rank,
+epoch and split), so the model and the planner see multi-hot KJTs; without sizes the batches
+are the one-hot ones.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torchrec.datasets.utils import Batch
 from dlrm_dist.config import ConfigError
 from dlrm_dist.data.criteo import load_meta
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
+from dlrm_dist.data.multi_hot import MultiHot
 from dlrm_dist.data.random_fast import local_bounds
 from dlrm_dist.data.reference_random import RawBatch, feature_names, to_batch
 
@@ -95,7 +101,8 @@ class CriteoData:
 
     `len()` = ceil(rows / mini_batch_size) (at most num_batches when > 0); `batch_size(i)`
     the global size of batch i; `raw(i)` this rank's slice as a RawBatch: dense (n, 13) f32,
-    lengths (26, n) int64 (all ones), values (26 n,) int64 table-major, targets (n, 1) f32.
+    lengths (26, n) int64 (all ones; with multi_hot_sizes k, row t all k[t]), values
+    (sum of lengths,) int64 table-major, targets (n, 1) f32.
     """
 
     def __init__(
@@ -108,6 +115,8 @@ class CriteoData:
         randomize: str = "none",
         seed: int = 0,
         num_batches: int = 0,
+        multi_hot_sizes: list[int] | tuple[int, ...] = (),
+        multi_hot_distribution: str = "uniform",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
@@ -143,6 +152,14 @@ class CriteoData:
             Bijection(n, _mix64(seed) ^ (day + 1)) for (day, _, _), n in zip(self.segments, sizes)
         ]
         self._maps = [self._open(day) for day, _, _ in self.segments]
+        self.multi_hot: MultiHot | None = None
+        if multi_hot_sizes:
+            try:
+                self.multi_hot = MultiHot(
+                    multi_hot_sizes, self.counts, multi_hot_distribution, seed
+                )
+            except ValueError as exc:
+                raise ConfigError(f"--multi-hot-sizes: {exc}") from None
 
     def _open(self, day: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         arrays = []
@@ -194,15 +211,18 @@ class CriteoData:
                 pick = rows[m] + day_lo
             for out, src in zip((dense, sparse, labels), self._maps[s]):
                 out[m] = src[pick]
+        if self.multi_hot is not None:
+            lengths, values = self.multi_hot.expand(sparse)
+        else:
+            lengths = np.ones((NUM_SPARSE, n), dtype=np.int64)
+            values = sparse.T.astype(np.int64).reshape(-1)
         return RawBatch(
-            dense=dense,
-            lengths=np.ones((NUM_SPARSE, n), dtype=np.int64),
-            values=sparse.T.astype(np.int64).reshape(-1),
-            targets=labels.astype(np.float32),
+            dense=dense, lengths=lengths, values=values, targets=labels.astype(np.float32)
         )
 
     def __iter__(self) -> Iterator[Batch]:
-        """TorchRec Batches: dense (n, 13), KJT keyed cat_0..cat_25 (one id each), labels (n,)."""
+        """TorchRec Batches: dense (n, 13), KJT keyed cat_0..cat_25 (one id each, or
+        multi_hot_sizes[t]), labels (n,)."""
         return self.iter_from(0)
 
     def iter_from(self, start: int) -> Iterator[Batch]:
