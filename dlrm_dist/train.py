@@ -410,6 +410,9 @@ def quiet_libraries() -> None:
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
+PEER_FAILED = 3  # main's exit status when a peer rank died or stalled
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     rank, cfg = int(os.environ.get("RANK", "0")), None
@@ -430,12 +433,24 @@ def main(argv: list[str] | None = None) -> int:
         if cfg is None or not failures.is_peer_failure(exc):
             raise
         print(failures.peer_failure_line(rank, cfg.train.dist_timeout, exc), file=sys.stderr)
-        return 3
+        return PEER_FAILED
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)
         return 130
     return 0
 
 
+def exit_with(code: int) -> None:
+    """Leave the process with main's status. After a peer failure the broken process
+    group's threads can abort the interpreter's shutdown (SIGABRT, 'terminate called
+    without an active exception', instead of status 3), so then stdout and stderr are
+    flushed and the process ends without that shutdown."""
+    if code == PEER_FAILED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

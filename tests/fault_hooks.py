@@ -104,6 +104,6 @@ def arm_from_env() -> None:
 
 if __name__ == "__main__":
     arm_from_env()
-    from dlrm_dist.train import main
+    from dlrm_dist.train import exit_with, main
 
-    sys.exit(main(sys.argv[1:]))
+    exit_with(main(sys.argv[1:]))
