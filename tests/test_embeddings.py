@@ -393,3 +393,52 @@ def test_a_resumed_run_continues_bit_for_bit(tmp_path, extra):
     assert resumed.final_weights.keys() == straight.final_weights.keys()
     for name, value in straight.final_weights.items():
         assert np.array_equal(resumed.final_weights[name], value), name
+
+
+@pytest.mark.timeout(300)
+def test_learned_weights_checkpoints_move_between_sharding_types_and_world_sizes(tmp_path):
+    """Sharded weight tables and their fused optimizer state go through a checkpoint:
+    1 rank table-wise (adagrad) resumed column-wise; 1 rank column-wise resumed on 2 ranks
+    table-wise (sgd: see TWO_RANK_CASES); each continues as the uninterrupted run."""
+    base = [
+        *SMALL,
+        "--weighted-pooling=learned",
+        "--num-batches=8",
+        "--data-generation=random-fast",
+    ]
+    ada = [*base, "--optimizer=adagrad", "--learning-rate=0.1"]
+    straight = run(
+        parse_args(
+            [
+                *ada,
+                "--sharding-type=table_wise",
+                f"--checkpoint-dir={tmp_path / 'a'}",
+                "--checkpoint-every=4",
+            ]
+        )
+    )
+    moved = run(
+        parse_args([*ada, "--sharding-type=column_wise", f"--resume={tmp_path / 'a' / 'step-4'}"])
+    )
+    np.testing.assert_allclose(moved.losses, straight.losses[4:], rtol=0, atol=1e-6)
+    for name, want in straight.final_weights.items():
+        np.testing.assert_allclose(moved.final_weights[name], want, rtol=0, atol=1e-6, err_msg=name)
+    sgd = [*base, "--learning-rate=1.0"]
+    one = run(
+        parse_args(
+            [
+                *sgd,
+                "--sharding-type=column_wise",
+                f"--checkpoint-dir={tmp_path / 's'}",
+                "--checkpoint-every=4",
+            ]
+        )
+    )
+    two = launch(
+        2,
+        train_many,
+        [[*sgd, "--sharding-type=table_wise", f"--resume={tmp_path / 's' / 'step-4'}"]],
+    )[0][0]
+    np.testing.assert_allclose(two["losses"], one.losses[4:], rtol=0, atol=1e-5)
+    for name, want in one.final_weights.items():
+        np.testing.assert_allclose(two["weights"][name], want, rtol=0, atol=1e-5, err_msg=name)
