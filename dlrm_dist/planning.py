@@ -294,6 +294,34 @@ def table_constraints(
     return out
 
 
+def _requested(
+    name: str,
+    own: dict[str, str],
+    cfg: ShardingConfig,
+    device_type: str,
+    types_here: Sequence[str],
+    kernels_here: Sequence[str],
+    why: str,
+) -> tuple[str, str, str, str]:
+    """A table's sharding type and kernel (its override, else the global setting) and
+    where each came from, each `auto` or one of those that may run here; `why` follows
+    the setting in the error when not."""
+    stype = own.get("sharding_type", cfg.sharding_type)
+    kernel = own.get("compute_kernel", cfg.compute_kernel)
+    type_from = f"[sharding.tables.{name}]" if "sharding_type" in own else "--sharding-type"
+    kernel_from = f"[sharding.tables.{name}]" if "compute_kernel" in own else "--compute-kernel"
+    for key, value, src, allowed in (
+        ("sharding_type", stype, type_from, types_here),
+        ("compute_kernel", kernel, kernel_from, kernels_here),
+    ):
+        if value != "auto" and value not in allowed:
+            raise ConfigError(
+                f"table {name}: {key} {value} (from {src}){why}; "
+                f"on {device_type.upper()} use one of " + " | ".join(allowed)
+            )
+    return stype, kernel, type_from, kernel_from
+
+
 def _allowed(
     table: EmbeddingBagConfig,
     own: dict[str, str],
@@ -306,20 +334,9 @@ def _allowed(
     name = table.name
     types_here = SHARDING_TYPES_BY_DEVICE[device_type]
     kernels_here = KERNELS_BY_DEVICE[device_type]
-    stype = own.get("sharding_type", cfg.sharding_type)
-    kernel = own.get("compute_kernel", cfg.compute_kernel)
-    type_from = f"[sharding.tables.{name}]" if "sharding_type" in own else "--sharding-type"
-    kernel_from = f"[sharding.tables.{name}]" if "compute_kernel" in own else "--compute-kernel"
-    if stype != "auto" and stype not in types_here:
-        raise ConfigError(
-            f"table {name}: sharding_type {stype} (from {type_from}) needs CUDA; "
-            f"on {device_type.upper()} use one of " + " | ".join(types_here)
-        )
-    if kernel != "auto" and kernel not in kernels_here:
-        raise ConfigError(
-            f"table {name}: compute_kernel {kernel} (from {kernel_from}) needs CUDA; "
-            f"on {device_type.upper()} use one of " + " | ".join(kernels_here)
-        )
+    stype, kernel, type_from, kernel_from = _requested(
+        name, own, cfg, device_type, types_here, kernels_here, " needs CUDA"
+    )
     if table.embedding_dim % 4 or replicate:
         for key, value, src, want in (
             ("sharding_type", stype, type_from, "data_parallel"),
@@ -375,25 +392,12 @@ def _allowed_sequence(
 ) -> tuple[list[str], list[str], bool]:
     """_allowed for an EmbeddingCollection's table (dim % 4 == 0 by construction)."""
     types_here = SEQUENCE_SHARDING_TYPES_BY_DEVICE[device_type]
-    kernels_here = [k for k in KERNELS_BY_DEVICE[device_type] if k != "dense"]
-    stype = own.get("sharding_type", cfg.sharding_type)
-    kernel = own.get("compute_kernel", cfg.compute_kernel)
-    type_from = f"[sharding.tables.{table.name}]" if "sharding_type" in own else "--sharding-type"
-    kernel_from = (
-        f"[sharding.tables.{table.name}]" if "compute_kernel" in own else "--compute-kernel"
+    kernels_here = tuple(k for k in KERNELS_BY_DEVICE[device_type] if k != "dense")
+    stype, kernel, _, _ = _requested(
+        table.name, own, cfg, device_type, types_here, kernels_here, f": {SEQUENCE_WHY}"
     )
-    if stype != "auto" and stype not in types_here:
-        raise ConfigError(
-            f"table {table.name}: sharding_type {stype} (from {type_from}): {SEQUENCE_WHY}; "
-            f"on {device_type.upper()} use one of " + " | ".join(types_here)
-        )
-    if kernel != "auto" and kernel not in kernels_here:
-        raise ConfigError(
-            f"table {table.name}: compute_kernel {kernel} (from {kernel_from}): "
-            f"{SEQUENCE_WHY}; on {device_type.upper()} use one of " + " | ".join(kernels_here)
-        )
     types = list(types_here) if stype == "auto" else [stype]
-    return types, (kernels_here if kernel == "auto" else [kernel]), False
+    return types, (list(kernels_here) if kernel == "auto" else [kernel]), False
 
 
 def _row_weight_constraint(table: ParameterConstraints) -> ParameterConstraints:
