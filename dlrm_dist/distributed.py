@@ -203,10 +203,8 @@ def shard(model: torch.nn.Module, plan: ShardingPlan, env: DistEnv, cfg: OptimCo
             "--optimizer=adam: FBGEMM has no fused Adam on CPU; on CPU use sgd | adagrad | "
             "rwsadagrad, or train on CUDA (--use-gpu)"
         )
-    weights = getattr(model.sparse_arch, "row_weight_collection", None)
-    for collection in sparse_collections(model.sparse_arch):
-        table = _ROW_WEIGHT_OPTIMIZERS if collection is weights else _EMBEDDING_OPTIMIZERS
-        cls, kwargs = table[cfg.optimizer]
+    for collection, weights in sparse_collections(model.sparse_arch):
+        cls, kwargs = (_ROW_WEIGHT_OPTIMIZERS if weights else _EMBEDDING_OPTIMIZERS)[cfg.optimizer]
         apply_optimizer_in_backward(
             cls, collection.parameters(), {"lr": cfg.learning_rate, **kwargs}
         )

@@ -309,11 +309,16 @@ def row_weight_parameter(arch: Arch, spec: TableSpec) -> str:
     return f"sparse_arch.pooling_weights.{spec.name}"
 
 
-def sparse_collections(sparse_arch: nn.Module) -> list[nn.Module]:
-    """The torchrec embedding modules of a sparse arch, the ones the planner shards."""
+def sparse_collections(sparse_arch: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """The torchrec embedding modules of a sparse arch, the ones the planner shards, each
+    with whether it holds learned pooling weights (which train as the reference's dense
+    weights do) rather than table rows."""
     if isinstance(sparse_arch, SequencePoolingArch):
-        return [sparse_arch.embedding_collection, sparse_arch.row_weight_collection]
-    return [sparse_arch.embedding_bag_collection]
+        return [
+            (sparse_arch.embedding_collection, False),
+            (sparse_arch.row_weight_collection, True),
+        ]
+    return [(sparse_arch.embedding_bag_collection, False)]
 
 
 def uses_torch_stream(arch: Arch) -> bool:

@@ -422,8 +422,7 @@ def _optimizer_hint(sparse_arch: nn.Module, optimizer: str) -> Iterator[None]:
     Parameters that already carry an optimizer keep theirs.
     """
     tagged = []
-    for collection in sparse_collections(sparse_arch):
-        weights = getattr(sparse_arch, "row_weight_collection", None) is collection
+    for collection, weights in sparse_collections(sparse_arch):
         cls = (ROW_WEIGHT_OPTIMIZERS if weights else EMBEDDING_OPTIMIZERS)[optimizer]
         for param in collection.parameters():
             if not hasattr(param, "_optimizer_classes"):
@@ -439,7 +438,7 @@ def _optimizer_hint(sparse_arch: nn.Module, optimizer: str) -> Iterator[None]:
 def embedding_tables(model: nn.Module) -> list[EmbeddingBagConfig | EmbeddingConfig]:
     """The tables the planner places: an EBC's, or (SequencePoolingArch) the two ECs'."""
     out: list[EmbeddingBagConfig | EmbeddingConfig] = []
-    for collection in sparse_collections(model.sparse_arch):
+    for collection, _ in sparse_collections(model.sparse_arch):
         if isinstance(collection, EmbeddingCollection):
             out += collection.embedding_configs()
         else:
