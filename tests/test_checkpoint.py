@@ -23,25 +23,12 @@ from dlrm_dist.checkpoint import CheckpointManager, list_checkpoints
 from dlrm_dist.cli import parse_args
 from dlrm_dist.config import Config, apply_overrides, to_toml
 from dlrm_dist.train import main, run
+from tests.common import TINY_JOB, file_hashes
 from tests.kill_after_save import train_then_die
 from tests.multiprocess import launch, train_many
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = [
-    "--arch-embedding-size=20-30-40-50",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=5-8-4",
-    "--arch-mlp-top=6-1",
-    "--loss-function=bce",
-    "--round-targets=true",
-    "--mini-batch-size=16",
-    "--num-batches=6",
-    "--nepochs=2",
-    "--learning-rate=0.1",
-    "--optimizer=adagrad",
-    "--print-freq=1",
-    "--progress-bar=false",
-]
+BASE = TINY_JOB
 STEPS = 12  # 6 batches, 2 epochs
 FAST = [*BASE, "--data-generation=random-fast", "--sharding-type=table_wise"]
 # the reference's stream: evaluation (every 3 steps) draws from it between train batches
@@ -59,14 +46,6 @@ def _kill_at(step: int, argv: list[str], before_publish: bool = False) -> None:
     cmd += ["--before"] * before_publish + [str(step), *argv]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
-
-
-def _hashes(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _assert_same_weights(got: dict, want: dict, atol: float = 0.0) -> None:
@@ -178,7 +157,7 @@ def test_a_failed_save_is_one_error_line_and_changes_no_checkpoint(tmp_path, mon
 
     def disk_full_at_8(self, state, tmp, final, files):
         if state.step == 8:
-            before.update(_hashes(tmp_path))
+            before.update(file_hashes(tmp_path))
             raise OSError(28, "No space left on device")
         return publish(self, state, tmp, final, files)
 
@@ -190,7 +169,7 @@ def test_a_failed_save_is_one_error_line_and_changes_no_checkpoint(tmp_path, mon
     assert [line for line in err.splitlines() if "ERROR" in line] == [err.splitlines()[-1]]
     # the unfinished step 8 is gone; step 4 is as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-4"]
-    assert _hashes(tmp_path) == {k: v for k, v in before.items() if k.startswith("step-4")}
+    assert file_hashes(tmp_path) == {k: v for k, v in before.items() if k.startswith("step-4")}
 
 
 # --- (e) bad checkpoints: one line, exit 2, no file changed -----------------------------
@@ -282,20 +261,20 @@ def _flags(name: str, where: dict) -> tuple[list[str], str]:
 def test_a_bad_checkpoint_is_one_error_line_and_changes_no_file(bad, name, capsys):
     root, where = bad
     argv, says = _flags(name, where)
-    before = _hashes(root)
+    before = file_hashes(root)
     assert main(argv) == 2
     out, err = capsys.readouterr()
     errors = [line for line in err.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and errors[0].startswith("ERROR: ") and says in errors[0], errors
     assert "Traceback" not in out + err
-    assert _hashes(root) == before
+    assert file_hashes(root) == before
     assert not (root / "code-ran").exists()
 
 
 @pytest.mark.timeout(90)
 def test_bad_checkpoints_exit_2_from_the_command_line_without_traceback(bad):
     root, where = bad
-    before = _hashes(root)
+    before = file_hashes(root)
     procs = {}
     for name in ("corrupted", "model-shape"):
         argv, says = _flags(name, where)
@@ -308,7 +287,7 @@ def test_bad_checkpoints_exit_2_from_the_command_line_without_traceback(bad):
         assert proc.returncode == 2, (name, err[-2000:])
         assert len(errors) == 1 and errors[0].startswith("ERROR: ") and says in errors[0]
         assert "Traceback" not in out + err
-    assert _hashes(root) == before
+    assert file_hashes(root) == before
 
 
 def test_the_saved_config_reads_back_as_the_same_config():

@@ -7,7 +7,6 @@ The faults come from tests.fault_hooks (an env var arms one rank at one step).""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -24,35 +23,16 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dlrm_dist.checkpoint import list_checkpoints
 from dlrm_dist.train import main
+from tests.common import TINY_JOB, file_hashes
 from tests.fault_hooks import arm
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--arch-embedding-size=20-30-40-50",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=5-8-4",
-    "--arch-mlp-top=6-1",
-    "--loss-function=bce",
-    "--round-targets=true",
-    "--mini-batch-size=16",
-    "--num-batches=6",
-    "--nepochs=2",  # 12 steps
-    "--learning-rate=0.1",
-    "--optimizer=adagrad",
-    "--print-freq=1",
-    "--progress-bar=false",
+    *TINY_JOB,
     "--data-generation=random-fast",
     "--sharding-type=table_wise",
     "--threads=1",
 ]
-
-
-def _hashes(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -223,12 +203,12 @@ def test_bad_values_stop_with_one_line_and_keep_the_last_good_checkpoint(
     last_good, name, monkeypatch, capsys
 ):
     action, says = CASES[name]
-    before = _hashes(last_good)
+    before = file_hashes(last_good)
     arm(action, 0, 6, monkeypatch.setattr)
     capsys.readouterr()
     assert main([*TRAIN_8, f"--checkpoint-dir={last_good}", "--resume=auto"]) == 2
     _one_error(capsys, says)
-    assert _hashes(last_good) == before
+    assert file_hashes(last_good) == before
 
 
 @pytest.mark.timeout(60)

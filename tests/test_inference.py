@@ -7,9 +7,7 @@ copy on the same test data; the exported program gives the eager model's outputs
 
 from __future__ import annotations
 
-import hashlib
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ from dlrm_dist.cli import parse_args
 from dlrm_dist.config import ConfigError
 from dlrm_dist.model import derive_arch
 from dlrm_dist.train import evaluate, main, make_data, run
+from tests.common import file_hashes
 from tests.multiprocess import launch, train_entry
 
 BASE = [
@@ -51,14 +50,6 @@ BOUNDS = {  # (mlp bit, emb bit): (loss, accuracy, auc); measured: about 1/10 of
 }
 
 
-def _hashes(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A trained run with its checkpoint; the config, arch, weights and test data."""
@@ -75,14 +66,14 @@ def trained(tmp_path_factory):
 def test_inference_only_evaluates_the_checkpoint_and_writes_nothing(trained):
     argv, d, result, *_ = trained
     (step, path), *_ = list_checkpoints(d)
-    before = _hashes(d)
+    before = file_hashes(d)
     got = run(parse_args([*argv, "--inference-only", f"--load-model={path}"]))
     assert got.losses == [] and len(got.evals) == 1
     want = result.evals[-1]  # the training run's evaluation after its last step
     assert got.evals[0].keys() == want.keys() >= {"loss", "accuracy", "auc"}
     for key in want:
         assert got.evals[0][key] == pytest.approx(want[key], abs=1e-6), key
-    assert _hashes(d) == before
+    assert file_hashes(d) == before
 
 
 @pytest.mark.timeout(120)
@@ -165,6 +156,15 @@ def test_an_mlp_quantized_model_does_not_export_and_says_why(trained):
         inference.export(model, next(iter(test_data)))
 
 
+def _onnx_inputs(dense: torch.Tensor, sparse: Any) -> dict[str, np.ndarray]:
+    """The ONNX model's inputs (save_onnx's names) for (dense, KJT)."""
+    return {
+        "dense": dense.numpy(),
+        "sparse__values": sparse.values().numpy(),
+        "sparse__lengths": sparse.lengths().numpy(),
+    }
+
+
 @pytest.mark.timeout(120)
 def test_the_onnx_model_gives_the_eager_outputs(trained, tmp_path):
     """Where onnx, onnxscript and onnxruntime are installed (not in the project's venv)."""
@@ -177,21 +177,13 @@ def test_the_onnx_model_gives_the_eager_outputs(trained, tmp_path):
     inference.save_onnx(model, batch, str(tmp_path / "dlrm.onnx"))
     session = ort.InferenceSession(str(tmp_path / "dlrm.onnx"))
     kjt = batch.sparse_features
-    inputs = {
-        "dense": batch.dense_features.numpy(),
-        "sparse__values": kjt.values().numpy(),
-        "sparse__lengths": kjt.lengths().numpy(),
-    }
+    inputs = _onnx_inputs(batch.dense_features, kjt)
     (got,) = session.run(None, inputs)
     with torch.no_grad():
         want = model(batch.dense_features, kjt).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     for dense, sparse in _other_batches(test_data, kjt.keys(), arch.m_den):
-        inputs = {
-            "dense": dense.numpy(),
-            "sparse__values": sparse.values().numpy(),
-            "sparse__lengths": sparse.lengths().numpy(),
-        }
+        inputs = _onnx_inputs(dense, sparse)
         (got,) = session.run(None, inputs)
         with torch.no_grad():
             want = model(dense, sparse).numpy()
@@ -244,7 +236,7 @@ def test_unsupported_combinations_are_one_line_errors(extra, message, capsys):
 def test_the_command_line_quantizes_evaluates_and_exports(trained, tmp_path, capsys):
     argv, d, *_ = trained
     (_, path), *_ = list_checkpoints(d)
-    before = _hashes(d)
+    before = file_hashes(d)
     inf = [*argv, "--inference-only", f"--resume={path}", "--quantize-emb-with-bit=4"]
     assert main([*inf, f"--export={tmp_path / 'dlrm.pt2'}"]) == 0
     err = capsys.readouterr().err
@@ -253,7 +245,7 @@ def test_the_command_line_quantizes_evaluates_and_exports(trained, tmp_path, cap
     assert main([*inf, "--quantize-mlp-with-bit=8", f"--export={tmp_path / 'x.pt2'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ERROR: torch.export cannot trace torch.ao's dynamic-quantized")
-    assert _hashes(d) == before and not (tmp_path / "x.pt2").exists()
+    assert file_hashes(d) == before and not (tmp_path / "x.pt2").exists()
 
 
 @pytest.mark.timeout(180)
@@ -336,11 +328,7 @@ def test_learned_pooling_on_sharded_tables_exports_and_evaluates(tmp_path):
     inference.save_onnx(model, batch, str(tmp_path / "learned.onnx"))
     session = ort.InferenceSession(str(tmp_path / "learned.onnx"))
     for dense, sparse in cases:
-        inputs = {
-            "dense": dense.numpy(),
-            "sparse__values": sparse.values().numpy(),
-            "sparse__lengths": sparse.lengths().numpy(),
-        }
+        inputs = _onnx_inputs(dense, sparse)
         (onnx_out,) = session.run(None, inputs)
         with torch.no_grad():
             np.testing.assert_allclose(onnx_out, model(dense, sparse).numpy(), rtol=0, atol=1e-6)
