@@ -27,6 +27,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "arch-interaction-op": ("model", "interaction"),
     "arch-interaction-itself": ("model", "interaction_itself"),
     "embedding-precision": ("model", "embedding_precision"),
+    "weight-init": ("model", "weight_init"),
     "dcn-num-layers": ("model", "dcn_num_layers"),
     "dcn-low-rank-dim": ("model", "dcn_low_rank_dim"),
     "qr-flag": ("model", "qr_flag"),

@@ -37,6 +37,12 @@ class ModelConfig:
     interaction: str = _f("dot", "feature interaction: dot | cat | dcn (DCN v2 cross net)")
     interaction_itself: bool = _f(False, "dot: include each feature's product with itself")
     embedding_precision: str = _f("fp32", "embedding table weights: fp32 | fp16")
+    weight_init: str = _f(
+        "reference",
+        "initial table weights: reference (the reference's numpy stream, every table drawn "
+        "whole on every rank) | sharded (each shard draws its own rows on its device, the "
+        "same uniform(+-sqrt(1/rows)) law: for tables larger than host memory)",
+    )
     dcn_num_layers: int = _f(3, "dcn: cross layers")
     dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight (W V)")
     qr_flag: bool = _f(False, "quotient-remainder tables for tables above qr_threshold rows")
@@ -379,6 +385,7 @@ COMPUTE_KERNELS = ("auto", "fused", "dense", "fused_uvm", "fused_uvm_caching")
 CHOICES = {
     ("model", "interaction"): ("dot", "cat", "dcn"),
     ("model", "embedding_precision"): ("fp32", "fp16"),
+    ("model", "weight_init"): ("reference", "sharded"),
     ("model", "qr_operation"): ("concat", "add", "mult"),
     ("model", "weighted_pooling"): ("", "fixed", "learned"),
     ("model", "loss_function"): ("mse", "bce", "wbce"),
@@ -456,6 +463,11 @@ def validate(cfg: Config) -> Config:
                 f"{what} with weighted pooling is not supported (as in the reference): "
                 f"drop --weighted-pooling or {flag}"
             )
+    if m.weight_init == "sharded" and (m.qr_flag or m.md_flag or m.weighted_pooling):
+        raise ConfigError(
+            "--weight-init=sharded covers plain tables only: QR, MD and learned-pooling "
+            "weights start as the reference draws them; use --weight-init=reference"
+        )
     if m.qr_flag and m.md_flag:
         raise ConfigError(
             "quotient remainder with mixed dimensions is not supported (the reference's QR "

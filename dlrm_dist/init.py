@@ -17,7 +17,7 @@ from dlrm_dist.model import Arch, parameter_order
 
 
 def reference_init(
-    rs: np.random.RandomState, arch: Arch, seed: int | None = None
+    rs: np.random.RandomState, arch: Arch, seed: int | None = None, tables: bool = True
 ) -> dict[str, np.ndarray]:
     """Tables uniform(+-sqrt(1/n)) (n, dim) in table order (an MD table too, at its own
         dim), then bottom then top MLP: weight normal(0, sqrt(2/(m+n))) (m, n), bias
@@ -32,13 +32,15 @@ def reference_init(
         (N, r), then every V (r, N), normal(0, sqrt(2/(N+r))) (xavier normal, as torchrec),
         then the biases, zero.
 
-        Returned in `parameter_order(arch)`, keyed by our parameter names.
+        Returned in `parameter_order(arch)`, keyed by our parameter names. tables=False
+        (`--weight-init=sharded`, plain tables only): no table is drawn or returned, the MLPs
+        then take the stream's first draws.
     """
     if uses_torch_stream(arch) and seed is None:
         raise ValueError("QR tables and MD projections need the seed of torch's stream")
     drawn = torch_stream_weights(seed, arch) if uses_torch_stream(arch) else {}
     out = {name: value.numpy() for name, value in drawn.items()}
-    for t in table_specs(arch):
+    for t in table_specs(arch) if tables else []:
         name = table_parameter(arch, t)
         if name not in out:
             bound = np.sqrt(1 / t.rows)
@@ -60,4 +62,4 @@ def reference_init(
     names = parameter_order(arch)
     dense = [name for name in names if not name.startswith("sparse_arch.")]
     out.update(zip(dense, values, strict=True))
-    return {name: out[name] for name in names}
+    return {name: out[name] for name in names if name in out}

@@ -140,7 +140,8 @@ def usable_batches(data, world_size: int) -> int:
 
 def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.RandomState):
     """Model with the reference's initial weights, sharded; and its optimizer."""
-    weights = reference_init(rs, arch, cfg.train.numpy_rand_seed)
+    tables = cfg.model.weight_init == "reference"  # else DMP's own per-shard draw stays
+    weights = reference_init(rs, arch, cfg.train.numpy_rand_seed, tables=tables)
     model = DLRMTrain(arch, cfg.model, device="meta")
     plan = distributed.build_plan(model, cfg, env)
     dmp = distributed.shard(model, plan, env, cfg.optim)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dlrm_dist.cli import parse_args
+from dlrm_dist.config import ConfigError
 from dlrm_dist.model import derive_arch, parameter_order
 from dlrm_dist.train import main, run
 from tests.oracle import oracle_kwargs, oracle_train
@@ -340,3 +341,30 @@ def test_mlperf_thresholds_stop_training_and_eval_reports_logloss_and_ne(capsys)
     assert "MLPerf testing accuracy threshold reached, stop training" in capsys.readouterr().out
     auc = run(parse_args([*argv, "--mlperf-auc-threshold=0.999"]))  # never met
     assert len(auc.losses) == 12
+
+
+def test_sharded_weight_init_keeps_each_shards_own_draw_of_the_same_law():
+    # lr 0: the final weights are the initial ones
+    argv = [*C_SMALL, "--mini-batch-size=32", "--num-batches=1", "--learning-rate=0"]
+    argv += ["--sharding-type=column_wise", "--print-freq=100"]
+    reference = run(parse_args(argv)).final_weights
+    sharded = run(parse_args([*argv, "--weight-init=sharded"])).final_weights
+    arch = derive_arch(parse_args(argv).model)
+    # the MLPs: the reference's stream with no table drawn first
+    from dlrm_dist.init import reference_init
+
+    dense = reference_init(np.random.RandomState(123), arch, tables=False)
+    assert dense and not any(name.startswith("sparse_arch.") for name in dense)
+    for name, want in dense.items():
+        np.testing.assert_array_equal(sharded[name], want)
+    for name in (n for n in parameter_order(arch) if n.startswith("sparse_arch.")):
+        rows = sharded[name].shape[0]
+        bound = np.sqrt(1 / rows)  # uniform(-b, b): |w| <= b, variance b^2 / 3
+        assert np.abs(sharded[name]).max() <= bound * (1 + 1e-6)
+        assert np.var(sharded[name]) == pytest.approx(bound**2 / 3, rel=0.35)
+        assert not np.array_equal(sharded[name], reference[name])
+
+
+def test_sharded_weight_init_refuses_tables_the_reference_draws_itself():
+    with pytest.raises(ConfigError, match="--weight-init=sharded covers plain tables only"):
+        parse_args(["--weight-init=sharded", "--qr-flag"])
