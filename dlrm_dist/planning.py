@@ -51,6 +51,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.optim import RowWiseAdagrad
 
+from dlrm_dist import compat
 from dlrm_dist.config import Config, ConfigError, DataConfig, ShardingConfig
 from dlrm_dist.embeddings import SequencePoolingArch, row_weight_table, sparse_collections
 
@@ -480,11 +481,12 @@ def plan_sharding(
     sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
 
     def run() -> ShardingPlan | str:
-        try:
-            with _optimizer_hint(model.sparse_arch, optimizer):
+        with _optimizer_hint(model.sparse_arch, optimizer):
+            try:
                 return planner.plan(model, sharders)
-        except PlannerError as exc:
-            return _explain_failure(planner, reservation, tables, topology, exc)
+            except PlannerError as exc:
+                space = compat.search_space(planner, model, sharders)
+                return _explain_failure(space, reservation, tables, topology, exc)
 
     out = run() if pg is None else invoke_on_rank_and_broadcast_result(pg, 0, run)
     if isinstance(out, str):
@@ -493,7 +495,7 @@ def plan_sharding(
     usable = reserved.devices[0].storage if reserved else topology.devices[0].storage
     return PlanResult(
         plan=out,
-        options=planner.get_selected_options(),
+        options=compat.selected_options(planner),
         tables=tables,
         topology=topology,
         memory=memory,
@@ -551,7 +553,7 @@ def _tier(topology: Topology) -> str:
 
 
 def _explain_failure(
-    planner: EmbeddingShardingPlanner,
+    space: list[ShardingOption],
     reservation: HeuristicalStorageReservation,
     tables: list[EmbeddingBagConfig],
     topology: Topology,
@@ -576,7 +578,6 @@ def _explain_failure(
             f"{cap.hbm / GB:.1f} GB; raise --hbm-gb or lower the batch per rank "
             "(--mini-batch-size, more ranks)"
         )
-    space = planner.get_search_space() or []
     usable = reserved.devices[0].storage
     uvm = any(o.compute_kernel.startswith("fused_uvm") for o in space)  # tables in DDR
     if not cuda:

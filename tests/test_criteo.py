@@ -454,9 +454,11 @@ def test_torchrec_reads_the_processed_files(processed_100):
 
     paths = {w: [str(processed_100 / f"day_{d}_{w}.npy") for d in range(6)] for w in ("dense",
              "sparse", "labels")}  # fmt: skip
+    # hashes: torchrec takes ids modulo them; ours are already below their table sizes, so a
+    # modulo above every id changes nothing (torchrec < 1.9 needs the list, newer takes None)
     pipe = InMemoryBinaryCriteoIterDataPipe(
         "train", paths["dense"], paths["sparse"], paths["labels"], batch_size=86, rank=0,
-        world_size=1,
+        world_size=1, hashes=[1 << 31] * 26,
     )  # fmt: skip
     theirs = next(iter(pipe))
     ours = CriteoData(processed_100, "train", 86).raw(0)
