@@ -1,25 +1,29 @@
-"""One prepared GPU benchmark: MLPerf DLRM-DCNv2 on one GPU, UVM caching, and config C
-on the GPU against the host's CPUs.
+"""One prepared GPU benchmark: MLPerf DLRM-DCNv2 on one GPU, fp16 tables, UVM caching, and
+config C on the GPU against the host's CPUs.
 
     python benchmarks/gpu.py [--steps N] [--warmup W] [--batch B] [--cache-ratios 0.01,0.1]
-                             [--precision fp32|fp16] [--smoke] [--out DIR]
+                             [--precision fp32|fp16] [--smoke] [--out DIR] [--json F] [--table F]
 
 Every run is the trainer itself (`dlrm_dist.train.run`, one rank), with `--run-dir` and
 `--enable-profiling`: samples/s per step come from its metrics.jsonl (print-freq 1), the
-step-time breakdown from its profiler trace, HBM from the CUDA allocator's peak.
+step-time breakdown from its profiler trace, HBM from the CUDA allocator's peak. Runs go
+most important first, and --json / --table are rewritten after each, so a run stopped at a
+time budget (scripts/gpu_check.sh) keeps the finished ones:
 
-1. MLPerf DLRM-DCNv2 (configs/mlperf_dcnv2.toml: 26 tables, dim 128, 204M rows, DCN v2),
-   random-fast multi-hot data, global batch 65536, fused row-wise Adagrad. If the tables
-   (+ row-wise state) do not fit in 85 % of the GPU's memory the tables go fp16, then the
-   rows shrink, with a printed note. Reports: samples/s (median over the timed steps after
-   the warm-up, min-max), the breakdown (embedding forward, embedding backward + update,
-   all-to-all, MLP + interaction, data: sums of op/kernel time in the profiled steps, so
-   overlapped work counts in each), peak HBM, and the embedding bytes moved per second as
-   a share of the H200's 4.8 TB/s (bytes per step = lookups x row bytes x 3 (forward
-   read, update read + write) + lookups x 8 (row-wise state read + write)).
-2. The same with the tables in host memory behind an HBM cache (`fused_uvm_caching`)
-   holding --cache-ratios of their rows: the price of a 100x smaller GPU footprint.
-3. The seed's config C at batch 16384 on the GPU and on this host's CPUs (all cores).
+1. MLPerf DLRM-DCNv2 (configs/mlperf_dcnv2.toml: 26 tables, dim 128, 204M rows, DCN v2,
+   tables initialized on the GPU), random-fast multi-hot data, global batch 65536, fused
+   row-wise Adagrad. If the planner cannot place the tables on the GPU (torchrec keeps a
+   15 % margin) they go fp16, then the rows shrink, with a printed note. Reports: samples/s
+   (median over the timed steps after the warm-up, min-max), the breakdown (embedding
+   forward, embedding backward + update, all-to-all, MLP + interaction, data: sums of
+   op/kernel time in the profiled steps, so overlapped work counts in each), peak HBM, and
+   the embedding bytes moved per second as a share of the H200's 4.8 TB/s (bytes per step =
+   lookups x row bytes x 3 (forward read, update read + write) + lookups x 8 (row-wise state
+   read + write)).
+2. The same with fp16 tables (when 1 ran fp32).
+3. The seed's config C at batch 16384 on this host's CPUs (all cores) and on the GPU.
+4. fp16 tables in host memory behind an HBM cache (`fused_uvm_caching`) holding
+   --cache-ratios of their rows: the price of a 100x smaller GPU footprint.
 
 --smoke runs the same code tiny on CPU (small tables and model, a few steps); the GPU-only
 parts print why they are skipped.
@@ -38,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -158,19 +162,33 @@ def measure(name: str, argv: list[str], warmup: int, steps: int, out: Path) -> R
     )
 
 
-def fit_mlperf(cuda: bool, precision: str) -> tuple[list[str], str]:
-    """Flags that make the MLPerf tables fit the GPU, and a note if anything changed."""
+def fits(argv: list[str]) -> bool:
+    """Whether the planner places the tables on this one GPU (its real memory)."""
+    from dlrm_dist import planning
+    from dlrm_dist.config import ConfigError
+    from dlrm_dist.model import DLRM, derive_arch
+
+    cfg = parse_args(argv)
+    model = DLRM(derive_arch(cfg.model, cfg.data.dense_features), cfg.model, device="meta")
+    try:
+        planning.plan_for_config(model, cfg, 1, "cuda", 1, device=torch.device("cuda", 0))
+    except ConfigError:
+        return False
+    return True
+
+
+def fit_mlperf(cuda: bool, precision: str, base: list[str]) -> tuple[list[str], str]:
+    """Flags that make the MLPerf tables fit the GPU (asked of the planner, which keeps
+    torchrec's 15 % margin), and a note if anything changed."""
     if not cuda:
         return SMOKE_MODEL + [f"--embedding-precision={precision}"], ""
-    cfg = parse_args(MLPERF)
-    rows = sum(cfg.model.embedding_sizes)
-    free = 0.85 * torch.cuda.get_device_properties(0).total_memory
-    for prec, elem in ((precision, 4 if precision == "fp32" else 2), ("fp16", 2)):
-        need = rows * (cfg.model.sparse_feature_size * elem + 4)
-        if need <= free:
+    for prec in dict.fromkeys((precision, "fp16")):
+        if fits([*base, f"--embedding-precision={prec}"]):
             note = "" if prec == precision else f"note: {precision} tables do not fit; fp16"
             return [f"--embedding-precision={prec}"], note
-    scale = free / (rows * (cfg.model.sparse_feature_size * 2 + 4))
+    cfg = parse_args(base)
+    free = 0.7 * torch.cuda.get_device_properties(0).total_memory
+    scale = free / (sum(cfg.model.embedding_sizes) * (cfg.model.sparse_feature_size * 2 + 4))
     sizes = [max(1, int(n * scale)) for n in cfg.model.embedding_sizes]
     note = f"note: the tables do not fit even in fp16; rows scaled by {scale:.3f}"
     return [
@@ -197,73 +215,140 @@ def machine() -> list[str]:
     ]
 
 
+@dataclass
+class Report:
+    """The runs so far; the table and the JSON are rewritten after each run, so a run
+    stopped at its time budget (scripts/gpu_check.sh) leaves the finished ones."""
+
+    title: str
+    out: Path
+    json_path: Path | None
+    table_path: Path | None
+    results: list[Result] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, result: Result) -> None:
+        self.results.append(result)
+        self.save()
+
+    def save(self) -> None:
+        if self.json_path:
+            runs = [run_summary(r) for r in self.results]
+            data = {"title": self.title, "notes": self.notes, "runs": runs}
+            self.json_path.write_text(json.dumps(data, indent=1))
+        if self.table_path:
+            self.table_path.write_text(self.render() + "\n")
+
+    def render(self) -> str:
+        lines = [f"### {self.title}", "", *machine(), f"- run directories: {self.out}"]
+        lines += [*self.notes, "", "| run | batch | samples/s, median (min-max) | ms/step | "]
+        lines[-1] += "peak memory GB |"
+        lines.append("|---|---:|---:|---:|---:|")
+        for r in self.results:
+            lines.append(
+                f"| {r.name} | {r.batch} | {cell(r.rates)} | {r.step_ms:.2f} | {r.peak_gb:.2f} |"
+            )
+        if self.results:
+            lines += ["", *breakdown_lines(self.results[0])]
+        by_name = {r.name: r for r in self.results}
+        c_cpu, c_gpu = by_name.get("config C cpu"), by_name.get("config C gpu")
+        if c_cpu and c_gpu:
+            ratio = statistics.median(c_gpu.rates) / statistics.median(c_cpu.rates)
+            lines.append(f"Config C at batch {c_gpu.batch}: GPU / CPU = {ratio:.1f}x")
+        return "\n".join(lines)
+
+
+def run_summary(r: Result) -> dict:
+    return {
+        "name": r.name,
+        "batch": r.batch,
+        "samples_per_s_median": statistics.median(r.rates),
+        "samples_per_s_min": min(r.rates),
+        "samples_per_s_max": max(r.rates),
+        "step_ms": r.step_ms,
+        "peak_gb": r.peak_gb,
+        "breakdown_ms": r.breakdown,
+        "data_ms": r.data_ms,
+        "embedding_tb_per_s": embedding_rate(r) / 1e12,
+    }
+
+
+def embedding_rate(r: Result) -> float:
+    """Embedding bytes moved per second (see the module docstring)."""
+    return r.lookups * (3 * r.row_bytes + 8) / (r.step_ms / 1000.0)
+
+
+def breakdown_lines(r: Result) -> list[str]:
+    lines = [
+        f"{r.name} step breakdown, ms per step (profiled steps; overlapped work counts twice):",
+        "",
+        "| part | ms/step |",
+        "|---|---:|",
+    ]
+    lines += [f"| {bucket} | {ms:.2f} |" for bucket, ms in r.breakdown.items()]
+    lines.append(f"| data (waiting for batches) | {r.data_ms:.2f} |")
+    lines.append(f"| whole step | {r.step_ms:.2f} |")
+    rate = embedding_rate(r)
+    moved = r.lookups * (3 * r.row_bytes + 8)
+    lines += [
+        "",
+        f"Embedding traffic: {moved / 1e9:.3f} GB per step, {rate / 1e12:.3f} TB/s = "
+        f"{100 * rate / H200_BYTES_PER_S:.2f} % of the H200's 4.8 TB/s",
+    ]
+    return lines
+
+
+def planned_runs(args: argparse.Namespace, cuda: bool, report: Report) -> list[tuple[str, list]]:
+    """(name, flags) of every run, most important first: a budget stops the tail."""
+    batch = 128 if args.smoke else args.batch
+    gpu = ["--use-gpu"] if cuda else []
+    base = [*MLPERF, f"--mini-batch-size={batch}", *gpu]
+    fit, note = fit_mlperf(cuda, args.precision, base)
+    report.notes += [note] if note else []
+    runs = [("MLPerf DCNv2", [*base, *fit])]
+    if cuda and "--embedding-precision=fp32" in fit:
+        runs.append(("MLPerf fp16 tables", [*base, *fit, "--embedding-precision=fp16"]))
+    c_batch = 512 if args.smoke else 16384
+    c_args = [*CONFIG_C, f"--mini-batch-size={c_batch}"]
+    runs.append(("config C cpu", c_args))
+    if cuda:
+        runs.append(("config C gpu", [*c_args, "--use-gpu"]))
+    else:
+        report.notes.append("config C on the GPU: skipped, no CUDA")
+    if not cuda:
+        report.notes.append("UVM caching: skipped, fused_uvm_caching needs CUDA")
+        return runs
+    # fp16 tables in host memory: fp32's 104 GB would crowd the host's 128 GiB
+    for ratio in (float(r) for r in args.cache_ratios.split(",") if r):
+        flags = ["--compute-kernel=fused_uvm_caching", f"--embedding-cache-ratio={ratio}"]
+        uvm = [*base, *fit, "--embedding-precision=fp16", *flags]
+        runs.append((f"MLPerf fp16 uvm {ratio}", uvm))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--batch", type=int, default=65536, help="MLPerf global batch")
     parser.add_argument("--cache-ratios", default="0.01,0.1", help="UVM cache shares")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     parser.add_argument("--smoke", action="store_true", help="tiny, on CPU")
     parser.add_argument("--out", default="", help="run directories (default: a temp dir)")
+    parser.add_argument("--json", default="", help="write the results here, after each run")
+    parser.add_argument("--table", default="", help="write the markdown here, after each run")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
     warmup, steps = (2, 3) if args.smoke else (args.warmup, args.steps)
-    batch = 128 if args.smoke else args.batch
-    gpu = ["--use-gpu"] if cuda else []
     out = Path(args.out or tempfile.mkdtemp(prefix="dlrm_gpu_bench_"))
-    notes: list[str] = []
-
-    fit, note = fit_mlperf(cuda, args.precision)
-    notes += [note] if note else []
-    base = [*MLPERF, *fit, f"--mini-batch-size={batch}", *gpu]
-    results = [measure("MLPerf DCNv2", base, warmup, steps, out)]
-    uvm: list[tuple[float, Result]] = []
-    if cuda:
-        for ratio in (float(r) for r in args.cache_ratios.split(",") if r):
-            flags = ["--compute-kernel=fused_uvm_caching", f"--embedding-cache-ratio={ratio}"]
-            uvm.append((ratio, measure(f"MLPerf uvm {ratio}", [*base, *flags], warmup, steps, out)))
-    else:
-        notes.append("UVM caching: skipped, fused_uvm_caching needs CUDA")
-    c_batch = 512 if args.smoke else 16384
-    c_args = [*CONFIG_C, f"--mini-batch-size={c_batch}"]
-    c_cpu = measure("config C cpu", c_args, warmup, steps, out)
-    c_gpu = measure("config C gpu", [*c_args, "--use-gpu"], warmup, steps, out) if cuda else None
-    if c_gpu is None:
-        notes.append("config C on the GPU: skipped, no CUDA")
-
-    mlperf = results[0]
-    print()
-    print(f"### GPU benchmark ({'smoke, CPU' if args.smoke else 'full'}): {steps} timed steps")
-    print()
-    print(*machine(), sep="\n")
-    print(f"- run directories: {out}")
-    print(*notes, sep="\n")
-    print()
-    print("| run | batch | samples/s, median (min-max) | ms/step | peak memory GB |")
-    print("|---|---:|---:|---:|---:|")
-    rows = [mlperf, *(r for _, r in uvm), c_cpu, *([c_gpu] if c_gpu else [])]
-    for r in rows:
-        print(f"| {r.name} | {r.batch} | {cell(r.rates)} | {r.step_ms:.2f} | {r.peak_gb:.2f} |")
-    print()
-    print("MLPerf step breakdown, ms per step (profiled steps; overlapped work counts twice):")
-    print()
-    print("| part | ms/step |")
-    print("|---|---:|")
-    for bucket, ms in mlperf.breakdown.items():
-        print(f"| {bucket} | {ms:.2f} |")
-    print(f"| data (waiting for batches) | {mlperf.data_ms:.2f} |")
-    print(f"| whole step | {mlperf.step_ms:.2f} |")
-    moved = mlperf.lookups * (3 * mlperf.row_bytes + 8)
-    rate = moved / (mlperf.step_ms / 1000.0)
-    print()
-    print(
-        f"Embedding traffic: {moved / 1e9:.3f} GB per step, {rate / 1e12:.3f} TB/s = "
-        f"{100 * rate / H200_BYTES_PER_S:.2f} % of the H200's 4.8 TB/s"
+    title = f"GPU benchmark ({'smoke, CPU' if args.smoke else 'full'}): {steps} timed steps"
+    report = Report(
+        title, out, Path(args.json) if args.json else None, Path(args.table) if args.table else None
     )
-    if c_gpu is not None:
-        ratio = statistics.median(c_gpu.rates) / statistics.median(c_cpu.rates)
-        print(f"Config C at batch {c_batch}: GPU / CPU = {ratio:.1f}x")
+    for name, flags in planned_runs(args, cuda, report):
+        report.add(measure(name, flags, warmup, steps, out))
+    print()
+    print(report.render())
     return 0
 
 

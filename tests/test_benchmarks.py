@@ -1,10 +1,14 @@
-"""The CPU benchmark script runs end to end at a tiny size and its two sides agree."""
+"""The benchmark scripts and the GPU machine's check run end to end at a tiny size on CPU."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,26 +47,54 @@ def test_ranks_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
     assert float(cells[1].split()[0].replace(",", "")) > 0
 
 
-def test_gpu_benchmark_smoke_runs_the_same_code_tiny_on_cpu():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu.py", "--smoke"],
+def _gpu_check(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "scripts/gpu_check.sh", str(out), "--smoke", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    assert "| MLPerf DCNv2 | 128 |" in out and "| config C cpu | 512 |" in out
-    assert "UVM caching: skipped, fused_uvm_caching needs CUDA" in out
+
+
+def test_gpu_check_smoke_runs_every_stage_and_the_benchmark_tiny_on_cpu(tmp_path):
+    proc = _gpu_check(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert summary["ok"] and [s["status"] for s in stages.values()] == ["passed"] * 3
+    assert stages["env"]["details"]["torch"] == torch.__version__
+    tests = stages["tests"]["details"]  # every gpu-marked test, skipped without CUDA
+    assert tests["skipped"] >= 5 and tests["passed"] == tests["failed"] == tests["errors"] == 0
+    runs = {r["name"]: r for r in stages["benchmark"]["details"]["runs"]}
+    assert set(runs) == {"MLPerf DCNv2", "config C cpu"}
+    assert all(r["samples_per_s_min"] > 0 and r["step_ms"] > 0 for r in runs.values())
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| MLPerf DCNv2 | 128 |" in table and "| config C cpu | 512 |" in table
+    assert "UVM caching: skipped, fused_uvm_caching needs CUDA" in table
     parts = {
         line.split("|")[1].strip(): float(line.split("|")[2])
-        for line in out.splitlines()
+        for line in table.splitlines()
         if line.startswith("| ") and line.count("|") == 3 and "ms/step" not in line
     }
     assert parts["MLP + interaction"] > 0 and parts["embedding backward + update"] > 0
-    assert parts["whole step"] > 0
-    assert "of the H200's 4.8 TB/s" in out
+    assert parts["whole step"] > 0 and "of the H200's 4.8 TB/s" in table
+    screen = proc.stdout.splitlines()
+    assert len(screen) <= 24 and any(line.split()[:2] == ["tests", "0"] for line in screen)
+    for name in ("env", "tests", "benchmark"):
+        assert (tmp_path / f"{name}.log").exists()
+
+
+def test_gpu_check_stops_a_stage_at_its_budget_and_runs_the_next(tmp_path):
+    # the environment probe imports torch and torchrec: more than a second
+    proc = _gpu_check(tmp_path, "--budgets=env=1", "--stages=env,tests")
+    assert proc.returncode == 1
+    stages = {s["name"]: s for s in json.loads((tmp_path / "summary.json").read_text())["stages"]}
+    assert stages["env"]["status"] == "timeout" and stages["env"]["seconds"] < 10
+    assert stages["tests"]["status"] == "passed"
+    assert stages["benchmark"]["status"] == "not run"
+    assert "stopped at its budget of 1 s" in (tmp_path / "env.log").read_text()
 
 
 def test_criteo_loader_benchmark_smoke_reports_every_measurement():
