@@ -112,7 +112,8 @@ def measure(tmp: Path, args: argparse.Namespace) -> None:
         print(f"batches, multi-hot {dist}, 1 rank: {rate(multi, n * b):,.0f} samples/s")
 
     from dlrm_dist.cli import parse_args
-    from dlrm_dist.train import quiet_libraries, run
+    from dlrm_dist.console import quiet_libraries
+    from dlrm_dist.train import run
 
     quiet_libraries()
     common = [

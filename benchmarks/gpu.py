@@ -165,7 +165,7 @@ def measure(name: str, argv: list[str], warmup: int, steps: int, out: Path) -> R
 def fits(argv: list[str]) -> bool:
     """Whether the planner places the tables on this one GPU (its real memory)."""
     from dlrm_dist import planning
-    from dlrm_dist.config import ConfigError
+    from dlrm_dist.errors import ConfigError
     from dlrm_dist.model import DLRM, derive_arch
 
     cfg = parse_args(argv)

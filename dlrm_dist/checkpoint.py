@@ -50,7 +50,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from dlrm_dist.config import Config, ConfigError, flag_name, to_toml
+from dlrm_dist.config import Config, flag_name, to_toml
+from dlrm_dist.errors import CheckpointError, DlrmDistError
 
 log = logging.getLogger("dlrm_dist")
 
@@ -69,11 +70,6 @@ SHAPE_SETTINGS = (
     ("data", "dense_features"),
     ("optim", "optimizer"),
 )
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint is missing, damaged, or does not fit this run; or a save failed.
-    The message names the file or tensors and what to do. No checkpoint was changed."""
 
 
 @dataclasses.dataclass
@@ -573,7 +569,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, CheckpointException) and exc.failures:
         rank, (first, _) = next(iter(sorted(exc.failures.items(), key=lambda kv: kv[0])))
         return f"rank {rank}: {_reason(first)}"
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, DlrmDistError):
         return str(exc)
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -11,12 +11,12 @@ from typing import Any, NoReturn
 
 from dlrm_dist.config import (
     Config,
-    ConfigError,
     apply_overrides,
     field_docs,
     load_toml,
     validate,
 )
+from dlrm_dist.errors import ConfigError
 
 # flag -> (section, key); the reference's names where it has one.
 FLAGS: dict[str, tuple[str, str]] = {

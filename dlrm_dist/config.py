@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message says which and what to change."""
+from dlrm_dist.errors import ConfigError
 
 
 def _f(default: Any, doc: str) -> Any:

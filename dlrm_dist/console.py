@@ -7,9 +7,11 @@ and pipes get plain lines.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -40,6 +42,19 @@ class Reporter:
         self.w_loss = self.w_samples = self.w_iters = 0
         self.w_compute = self.w_wait = 0.0
         self.w_start = time.perf_counter()
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """The progress bar and the metrics files, also when the run failed."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.metrics.close()
 
     def print(self, *lines: object) -> None:
         if self.rank != 0:
@@ -197,3 +212,14 @@ class Reporter:
         )
         self.metrics.close()
         return self.samples, seconds
+
+
+def quiet_libraries() -> None:
+    """torch/torchrec warn about internals users cannot act on; keep the log readable."""
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda r: r.name.startswith("dlrm_dist") or r.levelno >= logging.ERROR)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("dlrm_dist").setLevel(logging.INFO)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)

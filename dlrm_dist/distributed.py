@@ -25,8 +25,9 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from dlrm_dist import planning
-from dlrm_dist.config import Config, ConfigError, OptimConfig
+from dlrm_dist.config import Config, OptimConfig
 from dlrm_dist.embeddings import sparse_collections
+from dlrm_dist.errors import ConfigError
 
 log = logging.getLogger("dlrm_dist")
 

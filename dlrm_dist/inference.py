@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlrm_dist.config import Config, ConfigError, InferenceConfig, ModelConfig
+from dlrm_dist.config import Config, InferenceConfig, ModelConfig
+from dlrm_dist.errors import ConfigError
 from dlrm_dist.model import DLRM, Arch, make_loss
 
 log = logging.getLogger("dlrm_dist")
@@ -231,7 +232,7 @@ def run(cfg: Config, env, sharded, arch: Arch, names: list[str], test_data, ntes
     asked, quantized; export when asked (rank 0). Nothing is trained or saved.
     Returns the RunResult-like metrics list: [float metrics, quantized metrics]."""
     from dlrm_dist import distributed
-    from dlrm_dist.train import evaluate
+    from dlrm_dist.evaluation import evaluate
 
     if env.world_size > 1 and env.device.type == "cuda":
         raise ConfigError(

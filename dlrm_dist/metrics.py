@@ -45,6 +45,12 @@ class MetricsWriter:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.add_scalar(f"{kind}/{key}", value, step)
 
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -96,6 +102,12 @@ class Profiler:
     def step(self) -> None:
         if self._prof is not None:
             self._prof.step()
+
+    def __enter__(self) -> Profiler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._prof is not None:

@@ -18,7 +18,7 @@ from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from dlrm_dist.config import ConfigError, ModelConfig
+from dlrm_dist.config import ModelConfig
 from dlrm_dist.data.reference_random import feature_names
 from dlrm_dist.embeddings import (
     EmbeddingArch,
@@ -29,6 +29,7 @@ from dlrm_dist.embeddings import (
     table_parameter,
     table_specs,
 )
+from dlrm_dist.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import argparse
 import sys
 
 from dlrm_dist import cli
-from dlrm_dist.config import Config, ConfigError
+from dlrm_dist.config import Config
+from dlrm_dist.errors import ConfigError, DlrmDistError
 
 
 def _add_plan_flags(parser: argparse.ArgumentParser) -> None:
@@ -99,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         ns, cfg = parse(argv)
-        from dlrm_dist.train import quiet_libraries
+        from dlrm_dist.console import quiet_libraries
 
         quiet_libraries()
         print(plan_text(ns, cfg))
-    except ConfigError as exc:
+    except DlrmDistError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     return 0

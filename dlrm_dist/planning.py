@@ -52,8 +52,9 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.optim import RowWiseAdagrad
 
 from dlrm_dist import compat
-from dlrm_dist.config import Config, ConfigError, DataConfig, ShardingConfig
+from dlrm_dist.config import Config, DataConfig, ShardingConfig
 from dlrm_dist.embeddings import SequencePoolingArch, row_weight_table, sparse_collections
+from dlrm_dist.errors import ConfigError
 
 log = logging.getLogger("dlrm_dist")
 

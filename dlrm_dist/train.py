@@ -1,18 +1,16 @@
 """`python -m dlrm_dist.train`: the reference DLRM trainer's flags, on TorchRec.
 
 One script for 1 or N processes: rank, world size and device come from the torchrun
-environment; run directly, it brings up a one-rank group and takes the same path.
+environment; run directly, it brings up a one-rank group and takes the same path:
+`setup` (data, model, plan, shard, optimizer, checkpoint) then `Trainer.train`, the loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import logging
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +19,11 @@ import torch
 from dlrm_dist import console, distributed, failures, inference
 from dlrm_dist.checkpoint import CheckpointManager, TrainState
 from dlrm_dist.cli import parse_args
-from dlrm_dist.config import Config, ConfigError
-from dlrm_dist.data import criteo
-from dlrm_dist.data.criteo_data import CriteoData
-from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData
-from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
+from dlrm_dist.config import Config
+from dlrm_dist.data.batch_check import BatchCheck
+from dlrm_dist.data.sources import EpochBatches, dataset_tables, make_data, usable_batches
+from dlrm_dist.errors import ConfigError, DlrmDistError, PeerFailureError
+from dlrm_dist.evaluation import evaluate, threshold_reached
 from dlrm_dist.init import reference_init
 from dlrm_dist.lr_policy import LRPolicy
 from dlrm_dist.metrics import MetricsWriter, Profiler
@@ -45,99 +43,6 @@ class RunResult:
     pipelined: bool = False  # trained through TrainPipelineSparseDist
 
 
-def make_data(
-    cfg: Config,
-    arch: Arch,
-    rs: np.random.RandomState,
-    eval_set: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-):
-    """This rank's slice of each global batch of the train (or eval) data.
-
-    `random`: the reference's generator, drawn from rs (the reference's global stream,
-    shared with the initial weights and the other set) whole on every rank. `random-fast`:
-    each rank draws only its slice; batch b depends only on the seed, the set and b.
-    `dataset`: the processed Criteo data's train (or test) split, each rank reading its
-    slice (`dataset_tables` has preprocessed it and taken the tables from it), its ids
-    expanded into bags when multi_hot_sizes are given."""
-    d = cfg.data
-    seed = cfg.train.numpy_rand_seed
-    batch = d.test_mini_batch_size if eval_set and d.test_mini_batch_size > 0 else None
-    batch = batch or d.mini_batch_size
-    if d.generation == "dataset":  # the reference limits only the training batches
-        split, limit = ("test", 0) if eval_set else ("train", d.num_batches)
-        directory = criteo.processed_dir(d)
-        return CriteoData(
-            directory,
-            split,
-            batch,
-            rank,
-            world_size,
-            d.data_randomize,
-            seed,
-            limit,
-            d.multi_hot_sizes,
-            d.multi_hot_distribution,
-        )
-    common = dict(
-        dense_features=arch.m_den,
-        table_sizes=arch.ln_emb,
-        num_indices_per_lookup=d.num_indices_per_lookup,
-        fixed=d.num_indices_per_lookup_fixed,
-        dist=d.rand_data_dist,
-        rmin=d.rand_data_min,
-        rmax=d.rand_data_max,
-        mu=d.rand_data_mu,
-        sigma=d.rand_data_sigma,
-        round_targets=d.round_targets,
-    )
-    if d.generation == "random-fast":
-        spec = FastDataSpec(
-            **common, zipf_exponent=d.zipf_exponent, multi_hot_sizes=tuple(d.multi_hot_sizes)
-        )
-        return RandomFastData(
-            spec, seed, d.num_batches, batch, rank, world_size, d.data_size, int(eval_set)
-        )
-    spec = RandomDataSpec(**common)
-    return ReferenceRandomData(spec, rs, seed, d.data_size, d.num_batches, batch, rank, world_size)
-
-
-def dataset_tables(cfg: Config, rank: int) -> Config:
-    """`dataset`: preprocess first when the processed data is missing (rank 0; the others
-    wait), then the tables' rows and the 13 dense features come from the data."""
-    if cfg.data.generation != "dataset":
-        return cfg
-    meta = criteo.ensure_processed(cfg.data, cfg.train.numpy_rand_seed, rank)
-    sizes = criteo.table_sizes(meta["counts"], cfg.model.embedding_sizes)
-    dense = criteo.dense_features(cfg.data.dense_features)
-    return dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, embedding_sizes=sizes),
-        data=dataclasses.replace(cfg.data, dense_features=dense),
-    )
-
-
-def threshold_reached(cfg: Config, metrics: dict[str, float], best_acc: float) -> str:
-    """The reference's --mlperf-acc-threshold / --mlperf-auc-threshold: which was reached
-    ("" if none), so training stops (the accuracy is the best so far, in %)."""
-    t = cfg.train
-    if t.mlperf_acc_threshold > 0 and 100.0 * best_acc > t.mlperf_acc_threshold:
-        return "accuracy"
-    if t.mlperf_auc_threshold > 0 and metrics.get("auc", 0.0) > t.mlperf_auc_threshold:
-        return "AUC"
-    return ""
-
-
-def usable_batches(data, world_size: int) -> int:
-    """Batches every rank can take an equal slice of: a last partial batch that the world
-    size does not divide is left out (torchrec's all-to-alls want equal local batches)."""
-    n = len(data)
-    if world_size > 1 and n and data.batch_size(n - 1) % world_size:
-        return n - 1
-    return n
-
-
 def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.RandomState):
     """Model with the reference's initial weights, sharded; and its optimizer."""
     tables = cfg.model.weight_init == "reference"  # else DMP's own per-shard draw stays
@@ -148,86 +53,6 @@ def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.Rando
     distributed.load_full_weights(dmp, weights)
     optimizer = distributed.build_optimizer(dmp, cfg.optim)
     return dmp, optimizer
-
-
-@torch.no_grad()
-def evaluate(model, data, device, num_batches: int) -> dict[str, float]:
-    """Loss (sample-weighted mean), accuracy (round(p) == t) and, for 0/1 targets, AUC,
-    over the whole evaluation set: every rank's slice, gathered."""
-    model.eval()
-    preds, targets, total_loss = [], [], 0.0
-    for i, batch in enumerate(data):
-        if i >= num_batches:
-            break
-        batch = batch.to(device)
-        loss, (_, p) = model(batch)
-        total_loss += loss.item() * batch.labels.numel()
-        preds.append(p.float())
-        targets.append(batch.labels)
-    model.train()
-    p = distributed.gather_cat(torch.cat(preds)).cpu()
-    t = distributed.gather_cat(torch.cat(targets)).cpu()
-    out = {
-        "loss": distributed.all_sum(total_loss, device) / t.numel(),
-        "accuracy": (torch.round(p) == t).float().mean().item(),
-    }
-    if bool(((t == 0) | (t == 1)).all()) and 0 < t.sum() < t.numel():
-        from torchmetrics.functional.classification import binary_auroc
-
-        out["auc"] = binary_auroc(p, t.long()).item()
-        # logloss, and normalized entropy: logloss over the entropy of the click rate
-        logloss = torch.nn.functional.binary_cross_entropy(p.double(), t.double()).item()
-        rate = t.double().mean().item()
-        out["logloss"] = logloss
-        out["ne"] = logloss / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
-    return out
-
-
-def _iter_from(data, start: int):
-    """data's batches from index start. A source without `iter_from` is read from its
-    first batch and the ones before start dropped: right only when batch b depends on b
-    alone (not for a stream shared with other draws, like the reference's)."""
-    if start == 0:
-        return iter(data)
-    if hasattr(data, "iter_from"):
-        return data.iter_from(start)
-    return itertools.islice(data, start, None)
-
-
-class _Batches:
-    """The epochs' batches in order, moved to the device, with the time spent waiting
-    for them (data generation): the pipeline pulls batches itself, so we time here."""
-
-    def __init__(
-        self,
-        data,
-        nbatches: int,
-        nepochs: int,
-        device: torch.device,
-        start: tuple[int, int] = (0, 0),
-        check=None,
-    ) -> None:
-        self.device, self.wait, self.check = device, 0.0, check
-
-        def epoch(e: int):  # from batch start[1] of epoch start[0] (a resumed run) on
-            first = start[1] if e == start[0] else 0
-            # islice: a batch past nbatches (a partial one the ranks cannot split) is not drawn
-            return itertools.islice(_iter_from(data, first), max(0, nbatches - first))
-
-        self._it = itertools.chain.from_iterable(epoch(e) for e in range(start[0], nepochs))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        start = time.perf_counter()
-        try:
-            batch = next(self._it)
-            if self.check is not None:
-                self.check(batch)  # before FBGEMM sees it
-            return batch.to(self.device)
-        finally:
-            self.wait += time.perf_counter() - start
 
 
 class Stepper:
@@ -254,7 +79,7 @@ class Stepper:
                 model, optimizer, env.device, execute_all_batches=True, pipeline_postproc=True
             )
 
-    def step(self, batches: _Batches) -> torch.Tensor:
+    def step(self, batches: EpochBatches) -> torch.Tensor:
         """One step on the next batch; its (detached) loss."""
         if self.pipeline is not None:
             return self.pipeline.progress(batches)[0]
@@ -265,7 +90,7 @@ class Stepper:
         self.optimizer.step()
         return loss
 
-    def evaluate(self, data, device, num_batches: int) -> dict[str, float]:
+    def evaluate(self, data, device: torch.device, num_batches: int) -> dict[str, float]:
         """Evaluation needs the model's own forward back: the pipeline swaps in one that
         reads its prefetched batches. Its in-flight batches wait and resume after."""
         if self.pipeline is None:
@@ -277,12 +102,27 @@ class Stepper:
             self.pipeline.attach(model)
 
 
-def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunResult:
-    cfg = dataset_tables(cfg, env.rank)
-    arch = derive_arch(cfg.model, cfg.data.dense_features)
-    rs = np.random.RandomState(cfg.train.numpy_rand_seed)  # the reference's np.random
-    torch.manual_seed(cfg.train.numpy_rand_seed)
-    distributed.local_batch(cfg.data.mini_batch_size, env)
+@dataclass
+class Run:
+    """Everything a training run needs, built by `setup`: the model sharded, its optimizer
+    and checkpoints, this rank's data, and where a resumed run starts (`state`)."""
+
+    cfg: Config
+    env: distributed.DistEnv
+    arch: Arch
+    train_data: object
+    test_data: object
+    nbatches: int  # batches per epoch every rank trains on
+    ntest: int
+    model: torch.nn.Module  # DistributedModelParallel(DLRMTrain)
+    optimizer: object
+    ckpt: CheckpointManager
+    state: TrainState
+    names: list[str]  # parameter names in the reference's order
+
+
+def agreed_data(cfg: Config, arch: Arch, rs: np.random.RandomState, env, out: console.Reporter):
+    """This rank's train and test data and the batches per epoch all ranks train on."""
     if cfg.train.test_freq > 0 and cfg.data.test_mini_batch_size > 0:
         distributed.local_batch(cfg.data.test_mini_batch_size, env, "--test-mini-batch-size")
     train_data = make_data(cfg, arch, rs, False, env.rank, env.world_size)
@@ -302,6 +142,19 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
             f"{env.world_size} ranks cannot split the last "
             f"({train_data.batch_size(len(train_data) - 1)} samples) evenly"
         )
+    return train_data, test_data, nbatches, ntest
+
+
+def setup(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> Run:
+    """Data, then the model with the reference's initial weights, planned and sharded,
+    its optimizer, and the checkpoint to resume from (if any), in the reference's order
+    of draws from its numpy stream."""
+    cfg = dataset_tables(cfg, env.rank)
+    arch = derive_arch(cfg.model, cfg.data.dense_features)
+    rs = np.random.RandomState(cfg.train.numpy_rand_seed)  # the reference's np.random
+    torch.manual_seed(cfg.train.numpy_rand_seed)
+    distributed.local_batch(cfg.data.mini_batch_size, env)
+    train_data, test_data, nbatches, ntest = agreed_data(cfg, arch, rs, env, out)
     if cfg.train.debug_mode:
         out.arch(arch)
         out.data(train_data)  # draws the batches before the model, as the reference
@@ -309,132 +162,148 @@ def train(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> RunRe
     ckpt = CheckpointManager(cfg, model, optimizer, rs, env.rank, env.world_size)
     state = ckpt.load()  # fresh unless resuming; a resume puts rs back where it was
     names = parameter_order(arch)
-    if cfg.inference.inference_only:  # evaluate what was resumed: no training, no saving
-        return RunResult(evals=inference.run(cfg, env, model, arch, names, test_data, ntest))
-    if cfg.train.debug_mode:
-        out.parameters("initial", distributed.gather_full_weights(model, names), names)
-    lr_policy = LRPolicy(
-        optimizer,
-        cfg.optim.lr_num_warmup_steps,
-        cfg.optim.lr_decay_start_step,
-        cfg.optim.lr_num_decay_steps,
-    )
-    result = RunResult()
-    stepper = Stepper(model, optimizer, cfg, env)
-    profiler = Profiler(cfg.metrics, env.rank)
-    result.pipelined = stepper.pipelined
-    start = (state.epoch, state.batch)
-    check = failures.BatchCheck(list(train_data.keys), arch.ln_emb, state.step)
-    batches = _Batches(train_data, nbatches, cfg.train.nepochs, env.device, start, check)
-    done = min(state.epoch * nbatches + state.batch, nbatches * cfg.train.nepochs)
-    out.start(nbatches * cfg.train.nepochs - done, env, cfg)
-    best_acc = state.best_accuracy
-    step = state.step
-    stop = ""  # an MLPerf threshold reached
-    for epoch in range(start[0], cfg.train.nepochs):
-        for j in range(start[1] if epoch == start[0] else 0, nbatches):
-            t0, wait0 = time.perf_counter(), batches.wait
-            step += 1
-            lr = lr_policy.set_step(step)
-            failures.waiting_for(f"step {step} (its all-to-alls and all-reduces)", step)
-            value = distributed.global_mean(stepper.step(batches))
-            failures.check_loss(value, step)  # before this state can be saved
-            profiler.step()
-            waited = batches.wait - wait0
-            result.losses.append(value)
-            out.iteration(
-                value, train_data.batch_size(j), waited, time.perf_counter() - t0 - waited, lr
-            )
-            last = j + 1 == nbatches
-            test = cfg.train.test_freq > 0 and ((j + 1) % cfg.train.test_freq == 0 or last)
-            if (j + 1) % cfg.train.print_freq == 0 or last or test:
-                out.log_train(j + 1, nbatches, epoch)
-            if test:
-                eval_start = time.perf_counter()
-                failures.waiting_for(f"the evaluation after step {step}")
-                # the reference evaluates as many batches as it trains on; real data: all
-                limit = ntest if cfg.data.generation == "dataset" else min(nbatches, ntest)
-                metrics = stepper.evaluate(test_data, env.device, limit)
-                best_acc = max(best_acc, metrics["accuracy"])
-                result.evals.append(metrics)
-                out.log_eval(j + 1, nbatches, epoch, metrics, best_acc)
-                out.eval_seconds += time.perf_counter() - eval_start
-                stop = threshold_reached(cfg, metrics, best_acc)
+    return Run(cfg, env, arch, train_data, test_data, nbatches, ntest, model, optimizer, ckpt,
+               state, names)  # fmt: skip
+
+
+class Trainer:
+    """The training loop over a `Run`: steps, log lines, evaluations at --test-freq, the
+    MLPerf stop thresholds, checkpoints when due; the phase it is in for failure lines."""
+
+    def __init__(self, r: Run, out: console.Reporter, phase: failures.Phase) -> None:
+        self.r, self.out, self.phase = r, out, phase
+        cfg = r.cfg
+        o = cfg.optim
+        self.lr = LRPolicy(
+            r.optimizer, o.lr_num_warmup_steps, o.lr_decay_start_step, o.lr_num_decay_steps
+        )
+        self.stepper = Stepper(r.model, r.optimizer, cfg, r.env)
+        self.result = RunResult(pipelined=self.stepper.pipelined)
+        start = (r.state.epoch, r.state.batch)
+        check = BatchCheck(list(r.train_data.keys), r.arch.ln_emb, r.state.step)
+        self.batches = EpochBatches(
+            r.train_data, r.nbatches, cfg.train.nepochs, r.env.device, start, check
+        )
+        self.best_acc = r.state.best_accuracy
+
+    def positions(self):
+        """(epoch, batch) of every step still to train, from where a resumed run stopped."""
+        first = self.r.state
+        for epoch in range(first.epoch, self.r.cfg.train.nepochs):
+            for j in range(first.batch if epoch == first.epoch else 0, self.r.nbatches):
+                yield epoch, j
+
+    def train(self) -> RunResult:
+        r, out, t = self.r, self.out, self.r.cfg.train
+        if t.debug_mode:
+            out.parameters("initial", distributed.gather_full_weights(r.model, r.names), r.names)
+        total = r.nbatches * t.nepochs
+        out.start(total - min(r.state.epoch * r.nbatches + r.state.batch, total), r.env, r.cfg)
+        step, state = r.state.step, r.state
+        with Profiler(r.cfg.metrics, r.env.rank) as profiler:
+            for epoch, j in self.positions():
+                step += 1
+                self.step(step, j)
+                profiler.step()
+                last = j + 1 == r.nbatches
+                test = t.test_freq > 0 and ((j + 1) % t.test_freq == 0 or last)
+                if (j + 1) % t.print_freq == 0 or last or test:
+                    out.log_train(j + 1, r.nbatches, epoch)
+                stop = self.evaluate(step, j, epoch) if test else ""
+                following = (epoch, j + 1) if j + 1 < r.nbatches else (epoch + 1, 0)
+                state = TrainState(step, *following, best_accuracy=self.best_acc)
+                self.phase.enter(f"the checkpoint of step {step}")
+                r.ckpt.save(state)  # when due
                 if stop:
-                    out.print(f"MLPerf testing {stop} threshold reached, stop training")
-            following = (epoch, j + 1) if j + 1 < nbatches else (epoch + 1, 0)
-            state = TrainState(step, *following, best_accuracy=best_acc)
-            failures.waiting_for(f"the checkpoint of step {step}")
-            ckpt.save(state)  # when due
-            if stop:
-                break
+                    break
+            self.phase.enter(f"the last checkpoint (step {step})")
+            r.ckpt.save(state, last=True)
+        return self.finish()
+
+    def step(self, step: int, j: int) -> None:
+        """Train step `step` on batch j of its epoch; log its loss and times."""
+        t0, wait0 = time.perf_counter(), self.batches.wait
+        lr = self.lr.set_step(step)
+        self.phase.enter(f"step {step} (its all-to-alls and all-reduces)", step)
+        value = distributed.global_mean(self.stepper.step(self.batches))
+        failures.check_loss(value, step)  # before this state can be saved
+        waited = self.batches.wait - wait0
+        self.result.losses.append(value)
+        compute = time.perf_counter() - t0 - waited
+        self.out.iteration(value, self.r.train_data.batch_size(j), waited, compute, lr)
+
+    def evaluate(self, step: int, j: int, epoch: int) -> str:
+        """Evaluate after step `step`; the MLPerf threshold it reached ("" if none)."""
+        r, started = self.r, time.perf_counter()
+        self.phase.enter(f"the evaluation after step {step}")
+        # the reference evaluates as many batches as it trains on; real data: all
+        limit = r.ntest if r.cfg.data.generation == "dataset" else min(r.nbatches, r.ntest)
+        metrics = self.stepper.evaluate(r.test_data, r.env.device, limit)
+        self.best_acc = max(self.best_acc, metrics["accuracy"])
+        self.result.evals.append(metrics)
+        self.out.log_eval(j + 1, r.nbatches, epoch, metrics, self.best_acc)
+        self.out.eval_seconds += time.perf_counter() - started
+        stop = threshold_reached(r.cfg.train, metrics, self.best_acc)
         if stop:
-            break
-    failures.waiting_for(f"the last checkpoint (step {step})")
-    ckpt.save(state, last=True)
-    failures.waiting_for("the final weights")
-    profiler.close()
-    result.samples, result.seconds = out.finish()
-    result.data_seconds = out.wait
-    result.final_weights = distributed.gather_full_weights(model, names)
-    if cfg.train.debug_mode:
-        out.parameters("updated", result.final_weights, names)
-    return result
+            self.out.print(f"MLPerf testing {stop} threshold reached, stop training")
+        return stop
+
+    def finish(self) -> RunResult:
+        r, result = self.r, self.result
+        self.phase.enter("the final weights")
+        result.samples, result.seconds = self.out.finish()
+        result.data_seconds = self.out.wait
+        result.final_weights = distributed.gather_full_weights(r.model, r.names)
+        if r.cfg.train.debug_mode:
+            self.out.parameters("updated", result.final_weights, r.names)
+        return result
 
 
 def run(cfg: Config) -> RunResult:
     """Train with cfg in this process (one rank, or one of torchrun's). A process group
-    the caller already started is used and left open."""
+    the caller already started is used and left open. A failure torch raises that is
+    ours to explain (a dead peer, a NaN output) comes out as a DlrmDistError."""
     owns_group = not torch.distributed.is_initialized()
-    failures.waiting_for("the other ranks to start")
-    t = cfg.train
-    env = distributed.init_distributed(t.use_gpu, t.dist_backend, t.dist_timeout)
-    failures.waiting_for("the other ranks to plan and shard the model")
+    phase = failures.Phase("the other ranks to start")
+    t, rank = cfg.train, int(os.environ.get("RANK", "0"))
     try:
-        threads = distributed.set_threads(env, cfg.train.threads)
-        metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
-        out = console.Reporter(cfg, rank=env.rank, threads=threads, metrics=metrics)
-        return train(cfg, env, out)
-    finally:
-        if owns_group:
-            distributed.close_distributed()
+        env = distributed.init_distributed(t.use_gpu, t.dist_backend, t.dist_timeout)
+        phase.enter("the other ranks to plan and shard the model")
+        try:
+            return _run(cfg, env, phase)
+        finally:
+            if owns_group:
+                distributed.close_distributed()
+    except Exception as exc:
+        ours = failures.translate(exc, phase, rank, t.dist_timeout)
+        if ours is None:
+            raise
+        raise ours from exc
 
 
-def quiet_libraries() -> None:
-    """torch/torchrec warn about internals users cannot act on; keep the log readable."""
-    for category in (UserWarning, FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    handler = logging.StreamHandler()
-    handler.addFilter(lambda r: r.name.startswith("dlrm_dist") or r.levelno >= logging.ERROR)
-    logging.basicConfig(level=logging.ERROR, format="%(message)s", handlers=[handler], force=True)
-    logging.getLogger("dlrm_dist").setLevel(logging.INFO)
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-
-
-PEER_FAILED = 3  # main's exit status when a peer rank died or stalled
+def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunResult:
+    threads = distributed.set_threads(env, cfg.train.threads)
+    metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
+    with metrics, console.Reporter(cfg, env.rank, threads, metrics) as out:
+        r = setup(cfg, env, out)
+        if cfg.inference.inference_only:  # evaluate what was resumed: no training, no saving
+            evals = inference.run(cfg, env, r.model, r.arch, r.names, r.test_data, r.ntest)
+            return RunResult(evals=evals)
+        return Trainer(r, out, phase).train()
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_libraries()
-    rank, cfg = int(os.environ.get("RANK", "0")), None
+    console.quiet_libraries()
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        cfg = parse_args(argv)
-        run(cfg)
-    except ConfigError as exc:
+        run(parse_args(argv))
+    except DlrmDistError as exc:
         # every rank of a job raises the same ConfigError (config checks are the same
-        # everywhere, and a planning failure is broadcast): one line, from rank 0;
-        # a bad batch only its own rank read: from that rank
-        if rank == 0 or getattr(exc, "one_rank", False):
+        # everywhere, and a planning failure is broadcast): one line, from rank 0; what
+        # only one rank saw (a bad batch, a dead peer): from that rank
+        if rank == 0 or exc.one_rank:
             print(f"ERROR: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if failures.is_output_failure(exc):
-            print(failures.output_failure_line(), file=sys.stderr)
-            return 2
-        if cfg is None or not failures.is_peer_failure(exc):
-            raise
-        print(failures.peer_failure_line(rank, cfg.train.dist_timeout, exc), file=sys.stderr)
-        return PEER_FAILED
+        return exc.exit_status
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)
         return 130
@@ -446,7 +315,7 @@ def exit_with(code: int) -> None:
     group's threads can abort the interpreter's shutdown (SIGABRT, 'terminate called
     without an active exception', instead of status 3), so then stdout and stderr are
     flushed and the process ends without that shutdown."""
-    if code == PEER_FAILED:
+    if code == PeerFailureError.exit_status:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -62,16 +62,16 @@ def arm(action: str, rank: int, step: int, setattr: Callable = setattr) -> None:
         return
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         return
-    from dlrm_dist import checkpoint, distributed, failures
+    from dlrm_dist import checkpoint, failures
+    from dlrm_dist.data import batch_check
 
     if action in LOSS_FAULTS:
-        mean = distributed.global_mean
+        check_loss = failures.check_loss
 
-        def nan_at_step(loss):
-            value = mean(loss)
-            return float("nan") if failures._step == step else value
+        def nan_at_step(loss, at):
+            return check_loss(float("nan") if at == step else loss, at)
 
-        setattr(distributed, "global_mean", nan_at_step)
+        setattr(failures, "check_loss", nan_at_step)
         return
     if action in PROCESS_FAULTS:
         save = checkpoint.CheckpointManager.save
@@ -85,14 +85,14 @@ def arm(action: str, rank: int, step: int, setattr: Callable = setattr) -> None:
         return
     if action not in BATCH_FAULTS:
         raise ValueError(f"unknown fault {action}")
-    check = failures.BatchCheck.__call__
+    check = batch_check.BatchCheck.__call__
 
     def spoil_then_check(self, batch):
         if self.step + 1 == step:
             _spoil(batch, action, self.rows)
         return check(self, batch)
 
-    setattr(failures.BatchCheck, "__call__", spoil_then_check)
+    setattr(batch_check.BatchCheck, "__call__", spoil_then_check)
 
 
 def arm_from_env() -> None:

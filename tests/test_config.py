@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dlrm_dist.cli import build_parser, parse_args
-from dlrm_dist.config import Config, ConfigError, parse_bool
+from dlrm_dist.config import Config, parse_bool
+from dlrm_dist.errors import ConfigError
 
 
 def test_defaults_are_the_reference_defaults():

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrm_dist.config import ConfigError
 from dlrm_dist.data import criteo, criteo_tsv
 from dlrm_dist.data.criteo import Preprocessor, Settings
 from dlrm_dist.data.criteo_data import Bijection, CriteoData
 from dlrm_dist.data.multi_hot import MultiHot
+from dlrm_dist.errors import ConfigError
 from dlrm_dist.train import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dlrm_dist import distributed
-from dlrm_dist.config import ConfigError
+from dlrm_dist.errors import ConfigError
 from dlrm_dist.train import main
 from tests.multiprocess import agree_entry, launch, train_many
 

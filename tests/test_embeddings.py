@@ -11,8 +11,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist import planning
 from dlrm_dist.cli import parse_args
-from dlrm_dist.config import ConfigError
 from dlrm_dist.embeddings import derive_features, md_solver
+from dlrm_dist.errors import ConfigError
 from dlrm_dist.init import reference_init
 from dlrm_dist.model import DLRM, derive_arch, parameter_order
 from dlrm_dist.train import run

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dlrm_dist.cli import parse_args
-from dlrm_dist.config import ConfigError
+from dlrm_dist.errors import ConfigError
 from dlrm_dist.lr_policy import lr_at
 from dlrm_dist.metrics import read_metrics
 from dlrm_dist.report import plot

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_dist.config import ConfigError, ModelConfig
+from dlrm_dist.config import ModelConfig
 from dlrm_dist.data.reference_random import RandomDataSpec, draw_batch, feature_names, to_batch
+from dlrm_dist.errors import ConfigError
 from dlrm_dist.init import reference_init
 from dlrm_dist.model import DLRM, Interaction, derive_arch, make_loss, parameter_order
 from tests.oracle import OracleDLRM

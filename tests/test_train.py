@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dlrm_dist.cli import parse_args
-from dlrm_dist.config import ConfigError
+from dlrm_dist.errors import ConfigError
 from dlrm_dist.model import derive_arch, parameter_order
 from dlrm_dist.train import main, run
 from tests.oracle import oracle_kwargs, oracle_train

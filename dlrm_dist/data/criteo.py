@@ -65,9 +65,10 @@ from typing import Any
 
 import numpy as np
 
-from dlrm_dist.config import ConfigError, DataConfig, ModelConfig
+from dlrm_dist.config import DataConfig, ModelConfig
 from dlrm_dist.data import criteo_tsv as tsv
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
+from dlrm_dist.errors import ConfigError, DlrmDistError
 
 log = logging.getLogger(__name__)
 
@@ -755,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         ensure_processed(cfg, args.numpy_rand_seed)
-    except ConfigError as exc:
+    except DlrmDistError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 from torchrec.datasets.utils import Batch
 
-from dlrm_dist.config import ConfigError
 from dlrm_dist.data.criteo import load_meta
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.data.multi_hot import MultiHot
 from dlrm_dist.data.random_fast import local_bounds
 from dlrm_dist.data.reference_random import RawBatch, feature_names, to_batch
+from dlrm_dist.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 RANDOMIZE = ("total", "day", "none")

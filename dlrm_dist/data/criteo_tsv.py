@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrm_dist.config import ConfigError
+from dlrm_dist.errors import ConfigError
 
 NUM_DENSE = 13  # integer features I1..I13
 NUM_SPARSE = 26  # categorical features C1..C26
