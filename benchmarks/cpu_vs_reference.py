@@ -45,11 +45,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
 
+from dlrm_dist.arch import Arch, derive_arch  # noqa: E402
 from dlrm_dist.cli import parse_args  # noqa: E402
 from dlrm_dist.config import Config  # noqa: E402
 from dlrm_dist.data.reference_random import ReferenceRandomData  # noqa: E402
 from dlrm_dist.data.sources import make_data  # noqa: E402
-from dlrm_dist.model import Arch, derive_arch  # noqa: E402
 from dlrm_dist.train import run  # noqa: E402
 from tests.oracle import (  # noqa: E402
     OracleDLRM,

@@ -20,7 +20,7 @@ time budget (scripts/gpu_check.sh) keeps the finished ones:
    the embedding bytes moved per second as a share of the H200's 4.8 TB/s (bytes per step =
    lookups x row bytes x 3 (forward read, update read + write) + lookups x 8 (row-wise state
    read + write)).
-2. The same with fp16 tables (when 1 ran fp32).
+2. The same with fp16 tables (when 1 ran fp32), and without the pipeline (the plain loop).
 3. The seed's config C at batch 16384 on this host's CPUs (all cores) and on the GPU.
 4. fp16 tables in host memory behind an HBM cache (`fused_uvm_caching`) holding
    --cache-ratios of their rows: the price of a 100x smaller GPU footprint.
@@ -129,9 +129,13 @@ def breakdown(trace_dir: Path, steps: int) -> dict[str, float]:
     return totals
 
 
-def measure(name: str, argv: list[str], warmup: int, steps: int, out: Path) -> Result:
+def measure(
+    name: str, argv: list[str], warmup: int, steps: int, out: Path, profile: bool = False
+) -> Result:
+    """One run of the trainer; with `profile`, a trace of 3 steps after the warm-up gives
+    the breakdown (a trace of a 65536-sample MLPerf step is large: only where it is read)."""
     run_dir = out / name.replace(" ", "_").replace("/", "_")
-    profiled = min(steps, 5)
+    profiled = min(steps, 3) if profile else 0
     argv = [
         *argv,
         f"--num-batches={warmup + steps}",
@@ -139,10 +143,10 @@ def measure(name: str, argv: list[str], warmup: int, steps: int, out: Path) -> R
         "--test-freq=-1",
         "--progress-bar=false",
         f"--run-dir={run_dir}",
-        "--enable-profiling",
-        f"--profile-start={warmup + 1}",
-        f"--profile-steps={profiled}",
     ]
+    if profile:
+        argv += ["--enable-profiling", f"--profile-start={warmup + 1}"]
+        argv.append(f"--profile-steps={profiled}")
     cfg = parse_args(argv)
     quiet_run(argv)
     train = [r for r in read_metrics(run_dir) if r["kind"] == "train"][warmup:]
@@ -155,7 +159,7 @@ def measure(name: str, argv: list[str], warmup: int, steps: int, out: Path) -> R
         rates=[r["samples_per_s"] for r in train],
         step_ms=statistics.median(r["ms_per_step"] for r in train),
         peak_gb=max(r["peak_mem_gb"] for r in train),
-        breakdown=breakdown(run_dir / "profile", profiled),
+        breakdown=breakdown(run_dir / "profile", profiled) if profile else {},
         data_ms=statistics.median(r["ms_per_step"] * r["data_wait_pct"] / 100 for r in train),
         lookups=d.mini_batch_size * sum(bags),
         row_bytes=cfg.model.sparse_feature_size * elem,
@@ -165,8 +169,9 @@ def measure(name: str, argv: list[str], warmup: int, steps: int, out: Path) -> R
 def fits(argv: list[str]) -> bool:
     """Whether the planner places the tables on this one GPU (its real memory)."""
     from dlrm_dist import planning
+    from dlrm_dist.arch import derive_arch
     from dlrm_dist.errors import ConfigError
-    from dlrm_dist.model import DLRM, derive_arch
+    from dlrm_dist.model import DLRM
 
     cfg = parse_args(argv)
     model = DLRM(derive_arch(cfg.model, cfg.data.dense_features), cfg.model, device="meta")
@@ -308,6 +313,8 @@ def planned_runs(args: argparse.Namespace, cuda: bool, report: Report) -> list[t
     runs = [("MLPerf DCNv2", [*base, *fit])]
     if cuda and "--embedding-precision=fp32" in fit:
         runs.append(("MLPerf fp16 tables", [*base, *fit, "--embedding-precision=fp16"]))
+    if cuda:  # the same without TrainPipelineSparseDist: what the pipeline buys
+        runs.append(("MLPerf plain loop", [*base, *fit, "--pipeline=false"]))
     c_batch = 512 if args.smoke else 16384
     c_args = [*CONFIG_C, f"--mini-batch-size={c_batch}"]
     runs.append(("config C cpu", c_args))
@@ -345,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(
         title, out, Path(args.json) if args.json else None, Path(args.table) if args.table else None
     )
-    for name, flags in planned_runs(args, cuda, report):
-        report.add(measure(name, flags, warmup, steps, out))
+    for i, (name, flags) in enumerate(planned_runs(args, cuda, report)):
+        report.add(measure(name, flags, warmup, steps, out, profile=i == 0))
     print()
     print(report.render())
     return 0

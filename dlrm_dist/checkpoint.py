@@ -50,7 +50,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from dlrm_dist.config import Config, flag_name, to_toml
+from dlrm_dist.config import SHAPE_SETTINGS, Config, flag_name, to_toml
 from dlrm_dist.errors import CheckpointError, DlrmDistError
 
 log = logging.getLogger("dlrm_dist")
@@ -59,17 +59,6 @@ FORMAT = "dlrm_dist checkpoint 1"
 RECORD = "checkpoint.json"
 CONFIG = "config.toml"
 _STEP_DIR = re.compile(r"step-(\d+)")
-# settings that change a tensor's shape or the optimizer state a checkpoint holds
-SHAPE_SETTINGS = (
-    ("model", "sparse_feature_size"),
-    ("model", "embedding_sizes"),
-    ("model", "mlp_bot"),
-    ("model", "mlp_top"),
-    ("model", "interaction"),
-    ("model", "interaction_itself"),
-    ("data", "dense_features"),
-    ("optim", "optimizer"),
-)
 
 
 @dataclasses.dataclass

@@ -2,78 +2,198 @@
 
 Precedence is CLI > TOML file > defaults. Defaults are the reference
 `dlrm_s_pytorch.py` defaults, so a reference command line means the same here.
-Every field carries a one-line doc (`doc` metadata), used by `--help`.
+
+A field is the one place that says everything about its setting (`_f`): its default, its
+one-line doc (with unit; `--help` shows it), its flag (the field's name with dashes unless
+given: the reference's name where it has one), the reference's other names for it, its allowed
+values (a `Literal[...]` type) and lower bound, and whether it changes a parameter's shape
+(checkpoint.py refuses to resume across those). The flag table (`cli.FLAGS`), `CHOICES` and
+`SHAPE_SETTINGS` are read off the fields; each section checks itself (`check()`), and
+`check_across` holds the rules that read two sections. Adding a flag is adding its field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tomllib
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dlrm_dist.errors import ConfigError
 
+# Criteo's categorical features C1..C26: the tables of --data-generation=dataset. Here, where
+# the multi-hot rule needs it, so that this module imports no data module; data/criteo_tsv
+# takes its NUM_SPARSE from here.
+CRITEO_TABLES = 26
 
-def _f(default: Any, doc: str) -> Any:
+
+def _f(
+    default: Any,
+    doc: str,
+    *,
+    flag: str = "",
+    aliases: tuple[str, ...] = (),
+    switch: tuple[str, Any, str] | None = None,
+    least: float | None = None,
+    shape: bool = False,
+) -> Any:
+    """A setting. flag: its name on the command line, without -- (default: the field's name
+    with dashes); aliases: the reference's other names for it (a path, shown in --help);
+    switch: (name, value, help) of a reference switch that sets it to value; least: its
+    lowest value; shape: it changes a parameter's shape or the optimizer state."""
+    metadata = {
+        "doc": doc,
+        "flag": flag,
+        "aliases": aliases,
+        "switch": switch,
+        "least": least,
+        "shape": shape,
+    }
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+ShardingType = Literal[
+    "auto",
+    "table_wise",
+    "row_wise",
+    "column_wise",
+    "table_row_wise",
+    "table_column_wise",
+    "data_parallel",
+]
+ComputeKernel = Literal["auto", "fused", "dense", "fused_uvm", "fused_uvm_caching"]
 
 
 @dataclass
 class ModelConfig:
-    sparse_feature_size: int = _f(2, "embedding dim D of every table")
-    embedding_sizes: list[int] = _f([4, 3, 2], "rows of each embedding table, in table order")
-    mlp_bot: list[int] = _f([4, 3, 2], "bottom MLP widths, input (dense features) to output (D)")
-    mlp_top: list[int] = _f(
-        [4, 2, 1], "top MLP widths after the interaction (its width is prepended)"
+    sparse_feature_size: int = _f(
+        2, "embedding dim D of every table", flag="arch-sparse-feature-size", least=1, shape=True
     )
-    interaction: str = _f("dot", "feature interaction: dot | cat | dcn (DCN v2 cross net)")
-    interaction_itself: bool = _f(False, "dot: include each feature's product with itself")
-    embedding_precision: str = _f("fp32", "embedding table weights: fp32 | fp16")
-    weight_init: str = _f(
+    embedding_sizes: list[int] = _f(
+        [4, 3, 2],
+        "rows of each embedding table, in table order",
+        flag="arch-embedding-size",
+        shape=True,
+    )
+    mlp_bot: list[int] = _f(
+        [4, 3, 2],
+        "bottom MLP widths, input (dense features) to output (D)",
+        flag="arch-mlp-bot",
+        shape=True,
+    )
+    mlp_top: list[int] = _f(
+        [4, 2, 1],
+        "top MLP widths after the interaction (its width is prepended)",
+        flag="arch-mlp-top",
+        shape=True,
+    )
+    interaction: Literal["dot", "cat", "dcn"] = _f(
+        "dot",
+        "feature interaction: dot | cat | dcn (DCN v2 cross net)",
+        flag="arch-interaction-op",
+        shape=True,
+    )
+    interaction_itself: bool = _f(
+        False,
+        "dot: include each feature's product with itself",
+        flag="arch-interaction-itself",
+        shape=True,
+    )
+    embedding_precision: Literal["fp32", "fp16"] = _f(
+        "fp32", "embedding table weights: fp32 | fp16"
+    )
+    weight_init: Literal["reference", "sharded"] = _f(
         "reference",
         "initial table weights: reference (the reference's numpy stream, every table drawn "
         "whole on every rank) | sharded (each shard draws its own rows on its device, the "
         "same uniform(+-sqrt(1/rows)) law: for tables larger than host memory)",
     )
-    dcn_num_layers: int = _f(3, "dcn: cross layers")
-    dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight (W V)")
+    dcn_num_layers: int = _f(3, "dcn: cross layers", least=1)
+    dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight (W V)", least=1)
     qr_flag: bool = _f(False, "quotient-remainder tables for tables above qr_threshold rows")
     qr_threshold: int = _f(200, "qr: tables with more rows than this are split, rows")
-    qr_operation: str = _f("mult", "qr: combine the quotient and remainder bags: concat|add|mult")
+    qr_operation: Literal["concat", "add", "mult"] = _f(
+        "mult", "qr: combine the quotient and remainder bags: concat|add|mult"
+    )
     qr_collisions: int = _f(4, "qr: c, rows of the remainder table (quotient: ceil(rows / c))")
     md_flag: bool = _f(False, "mixed-dimension tables (md_solver's dims) above md_threshold rows")
     md_threshold: int = _f(200, "md: tables with more rows than this get their own dim, rows")
     md_temperature: float = _f(0.3, "md: alpha, dim ~ rows^-alpha (0 = every table D)")
     md_round_dims: bool = _f(False, "md: round each dim to the nearest power of 2")
-    weighted_pooling: str = _f(
+    weighted_pooling: Literal["", "fixed", "learned"] = _f(
         "", "per-row weights in every bag sum: fixed (ones) | learned (trained); empty = none"
     )
-    loss_function: str = _f("mse", "loss: mse | bce | wbce")
+    loss_function: Literal["mse", "bce", "wbce"] = _f("mse", "loss: mse | bce | wbce")
     loss_weights: list[float] = _f([1.0, 1.0], "wbce weights for target 0 and target 1")
     loss_threshold: float = _f(0.0, "clamp outputs to [t, 1-t] when 0 < t < 1")
+
+    def check(self) -> None:
+        _check_fields(self)
+        if not self.embedding_sizes or min(self.embedding_sizes) < 1:
+            raise ConfigError("--arch-embedding-size needs at least one table, each with >= 1 row")
+        if len(self.mlp_bot) < 2 or min(self.mlp_bot) < 1:
+            raise ConfigError("--arch-mlp-bot needs at least two positive widths, e.g. 4-3-2")
+        if len(self.mlp_top) < 1 or min(self.mlp_top) < 1:
+            raise ConfigError("--arch-mlp-top needs positive widths, e.g. 4-2-1")
+        if len(self.loss_weights) != 2:
+            raise ConfigError("--loss-weights needs two weights (target 0, target 1), e.g. 1.0-1.0")
+        if self.qr_flag and self.qr_collisions < 1:
+            raise ConfigError("--qr-collisions must be at least 1 (rows of each remainder table)")
+        if self.md_flag and self.md_temperature < 0:
+            raise ConfigError("--md-temperature must not be negative (0 = every table D wide)")
+        for flag, on, what in (
+            ("--qr-flag", self.qr_flag, "quotient remainder"),
+            ("--md-flag", self.md_flag, "mixed dimensions"),
+        ):
+            if on and self.weighted_pooling:
+                raise ConfigError(
+                    f"{what} with weighted pooling is not supported (as in the reference): "
+                    f"drop --weighted-pooling or {flag}"
+                )
+        if self.weight_init == "sharded" and (
+            self.qr_flag or self.md_flag or self.weighted_pooling
+        ):
+            raise ConfigError(
+                "--weight-init=sharded covers plain tables only: QR, MD and learned-pooling "
+                "weights start as the reference draws them; use --weight-init=reference"
+            )
+        if self.qr_flag and self.md_flag:
+            raise ConfigError(
+                "quotient remainder with mixed dimensions is not supported (the reference's QR "
+                "tables take one dim): drop --qr-flag or --md-flag"
+            )
+        if self.loss_function in ("bce", "wbce") and self.mlp_top[-1] != 1:
+            raise ConfigError("--arch-mlp-top must end in 1 for bce/wbce (one click probability)")
 
 
 @dataclass
 class DataConfig:
-    generation: str = _f(
+    generation: Literal["random", "random-fast", "dataset"] = _f(
         "random",
         "data source: random (the reference's exact generator, drawn whole on every rank "
         "and sliced) | random-fast (vectorized, each rank draws only its slice)",
+        flag="data-generation",
     )
-    data_size: int = _f(1, "samples per epoch (ignored when num_batches > 0)")
-    num_batches: int = _f(0, "batches per epoch; 0 = ceil(data_size / mini_batch_size)")
-    mini_batch_size: int = _f(1, "global batch size, samples")
+    data_size: int = _f(1, "samples per epoch (ignored when num_batches > 0)", least=0)
+    num_batches: int = _f(0, "batches per epoch; 0 = ceil(data_size / mini_batch_size)", least=0)
+    mini_batch_size: int = _f(1, "global batch size, samples", least=1)
     test_mini_batch_size: int = _f(-1, "evaluation batch size; -1 = mini_batch_size")
-    dense_features: int = _f(0, "dense features per sample; 0 = first bottom-MLP width")
-    num_indices_per_lookup: int = _f(10, "max (or fixed) indices per bag")
+    dense_features: int = _f(
+        0,
+        "dense features per sample; 0 = first bottom-MLP width",
+        flag="arch-dense-feature-size",
+        shape=True,
+    )
+    num_indices_per_lookup: int = _f(10, "max (or fixed) indices per bag", least=1)
     num_indices_per_lookup_fixed: bool = _f(False, "every bag has exactly that many indices")
-    rand_data_dist: str = _f(
+    rand_data_dist: Literal["uniform", "gaussian", "zipf"] = _f(
         "uniform", "index distribution: uniform | gaussian | zipf (zipf: random-fast only)"
     )
     rand_data_min: float = _f(0.0, "gaussian: lowest index (clip)")
@@ -88,12 +208,14 @@ class DataConfig:
         "expands each Criteo id into a bag of that many (itself first); empty = bag-size flags "
         "(random-fast), one id (dataset)",
     )
-    multi_hot_distribution: str = _f(
+    multi_hot_distribution: Literal["uniform", "pareto"] = _f(
         "uniform",
         "dataset with multi_hot_sizes: the bags' other ids, uniform over the table's rows | "
         "pareto (MLPerf's int(pareto(a=0.25)) mod rows); fixed per (seed, table, id, slot)",
     )
-    data_set: str = _f("kaggle", "dataset: Criteo kaggle (train.txt) | terabyte (day_0..day_23)")
+    data_set: Literal["kaggle", "terabyte"] = _f(
+        "kaggle", "dataset: Criteo kaggle (train.txt) | terabyte (day_0..day_23)"
+    )
     raw_data_file: str = _f(
         "", "dataset: raw Criteo TSV (kaggle: train.txt; terabyte: the prefix of day_N[.gz])"
     )
@@ -101,11 +223,13 @@ class DataConfig:
         "", "dataset: directory of the processed data; empty = <raw-data-file>_processed"
     )
     max_ind_range: int = _f(-1, "dataset: categorical values modulo this before mapping, when > 0")
-    cat_encoding: str = _f(
-        "vocab", "dataset: ids = rows of each feature's vocabulary | hash (value mod max_ind_range)"
+    cat_encoding: Literal["vocab", "hash"] = _f(
+        "vocab",
+        "dataset: ids = rows of each feature's vocabulary | hash (value mod max_ind_range)",
+        flag="data-cat-encoding",
     )
     data_sub_sample_rate: float = _f(0.0, "dataset: drop this fraction of negatives, [0, 1)")
-    data_randomize: str = _f(
+    data_randomize: Literal["total", "day", "none"] = _f(
         "total", "dataset: shuffle the training rows: total | day (within each day) | none"
     )
     skip_bad_lines: bool = _f(False, "dataset: skip (and count) malformed raw lines, else fail")
@@ -113,6 +237,13 @@ class DataConfig:
         1,
         "dataset: processes preprocessing runs in (Terabyte's days parsed, every day's ids "
         "mapped in parallel); 0 = one per CPU, at most one per day",
+        least=0,
+        switch=(
+            "dataset-multiprocessing",
+            0,
+            "the reference's switch for preprocessing the days in parallel: "
+            "--preprocess-workers=0 (one process per CPU, at most one per day)",
+        ),
     )
     memory_map: bool = _f(
         True,
@@ -120,34 +251,105 @@ class DataConfig:
         "(always on: false is an error)",
     )
 
+    def check(self) -> None:
+        _check_fields(self)
+        if self.data_size < 1 and self.num_batches < 1:
+            raise ConfigError("--data-size must be at least 1 (or set --num-batches)")
+        if self.rand_data_dist == "zipf" and self.generation != "random-fast":
+            raise ConfigError("--rand-data-dist=zipf needs --data-generation=random-fast")
+        if self.zipf_exponent <= 0:
+            raise ConfigError("--zipf-exponent must be positive")
+        if self.generation == "dataset":
+            if not (self.raw_data_file or self.processed_data_file):
+                raise ConfigError(
+                    "--data-generation=dataset needs --raw-data-file (and/or --processed-data-file)"
+                )
+            if not 0.0 <= self.data_sub_sample_rate < 1.0:
+                raise ConfigError("--data-sub-sample-rate must lie in [0, 1)")
+            if self.cat_encoding == "hash" and self.max_ind_range <= 0:
+                raise ConfigError(
+                    "--data-cat-encoding=hash needs --max-ind-range > 0 (rows per table)"
+                )
+            if self.max_ind_range >= 1 << 31:
+                raise ConfigError("--max-ind-range must be below 2^31 (row ids are int32)")
+        if not self.memory_map:
+            raise ConfigError(
+                "--memory-map=false is not supported: the processed Criteo data is always read "
+                "through memory maps (drop the flag)"
+            )
+
+    def check_multi_hot(self, tables: int) -> None:
+        """Multi-hot bags: random-fast draws them, dataset expands Criteo's ids into them; the
+        reference's exact generator has none. One size >= 1 per table: the model's `tables`
+        (random-fast), Criteo's 26 (dataset)."""
+        sizes = self.multi_hot_sizes
+        if sizes:
+            if self.generation == "random":
+                raise ConfigError(
+                    "--multi-hot-sizes needs --data-generation=random-fast or dataset (the "
+                    "reference's random data has random bag sizes)"
+                )
+            where = f"{tables} tables"
+            if self.generation == "dataset":
+                tables = CRITEO_TABLES
+                where = f"{tables} tables: Criteo's categorical features"
+            if len(sizes) != tables:
+                raise ConfigError(
+                    f"--multi-hot-sizes needs one positive size per table ({where}), "
+                    f"got {len(sizes)}"
+                )
+            if min(sizes) < 1:
+                t = min(range(tables), key=lambda i: sizes[i])
+                raise ConfigError(
+                    f"--multi-hot-sizes needs one positive size per table: table {t} has {sizes[t]}"
+                )
+        if self.multi_hot_distribution != "uniform" and not (
+            self.generation == "dataset" and sizes
+        ):
+            raise ConfigError(
+                f"--multi-hot-distribution={self.multi_hot_distribution} needs "
+                "--data-generation=dataset and --multi-hot-sizes (random-fast's bags follow "
+                "--rand-data-dist)"
+            )
+
 
 @dataclass
 class OptimConfig:
-    optimizer: str = _f(
+    optimizer: Literal["sgd", "adagrad", "rwsadagrad", "adam"] = _f(
         "sgd",
         "sgd | adagrad | rwsadagrad (row-wise on embeddings, elementwise on MLPs) | adam; "
         "fused into backward for the embeddings",
+        shape=True,  # the optimizer state a checkpoint holds
     )
     learning_rate: float = _f(0.01, "base learning rate")
-    lr_num_warmup_steps: int = _f(0, "linear warmup steps")
-    lr_decay_start_step: int = _f(0, "step at which the power-2 decay starts")
-    lr_num_decay_steps: int = _f(0, "steps the decay lasts; 0 = no decay")
+    lr_num_warmup_steps: int = _f(0, "linear warmup steps", least=0)
+    lr_decay_start_step: int = _f(0, "step at which the power-2 decay starts", least=0)
+    lr_num_decay_steps: int = _f(0, "steps the decay lasts; 0 = no decay", least=0)
+
+    def check(self) -> None:
+        _check_fields(self)
+        if self.lr_decay_start_step < self.lr_num_warmup_steps:
+            raise ConfigError(
+                "Learning rate warmup must finish before the decay starts: set "
+                "--lr-decay-start-step >= --lr-num-warmup-steps"
+            )
 
 
 @dataclass
 class ShardingConfig:
-    sharding_type: str = _f(
+    sharding_type: ShardingType = _f(
         "auto",
         "embedding sharding: auto (the planner picks) | table_wise | row_wise | column_wise "
         "| table_row_wise | table_column_wise | data_parallel",
     )
-    compute_kernel: str = _f(
+    compute_kernel: ComputeKernel = _f(
         "auto", "embedding kernel: auto | fused | dense | fused_uvm | fused_uvm_caching"
     )
     cache_ratio: float = _f(
         0.0,
         "fused_uvm_caching: share of each table's rows cached in HBM (e.g. 0.01), the rest "
         "in host memory; 0 = the planner's choice",
+        flag="embedding-cache-ratio",
     )
     hbm_gb: float = _f(0.0, "device memory per rank for the planner, GB; 0 = the device's")
     ddr_gb: float = _f(0.0, "host memory per rank for the planner, GB; 0 = the host's share")
@@ -157,18 +359,37 @@ class ShardingConfig:
         "compute_kernel = ...",
     )
 
+    def check(self) -> None:
+        _check_fields(self)
+        if not 0 <= self.cache_ratio <= 1:
+            raise ConfigError("--embedding-cache-ratio must lie in [0, 1], e.g. 0.01")
+        if self.hbm_gb < 0 or self.ddr_gb < 0:
+            raise ConfigError("--hbm-gb and --ddr-gb must not be negative (0 = detect)")
+        for table, settings in self.tables.items():
+            for key in TABLE_KEYS:
+                allowed = choices("sharding", key)
+                if key in settings and settings[key] not in allowed:
+                    raise ConfigError(
+                        f"[sharding.tables.{table}] {key} = {settings[key]!r} is not supported; "
+                        "choose one of " + " | ".join(allowed)
+                    )
+
+
+# The [sharding] settings a [sharding.tables.NAME] table may override (TOML only).
+TABLE_KEYS = ("sharding_type", "compute_kernel")
+
 
 @dataclass
 class TrainConfig:
-    nepochs: int = _f(1, "epochs over the data")
+    nepochs: int = _f(1, "epochs over the data", least=0)
     numpy_rand_seed: int = _f(123, "seed of the data and initial weights")
-    print_freq: int = _f(1, "log every N iterations")
+    print_freq: int = _f(1, "log every N iterations", least=1)
     print_time: bool = _f(False, "show ms/it in the log lines (else -1, as the reference)")
     print_wall_time: bool = _f(False, "append the wall-clock time (HH:MM) to log lines")
     print_precision: int = _f(5, "digits when printing parameters")
     test_freq: int = _f(-1, "evaluate every N iterations; -1 = never")
     debug_mode: bool = _f(False, "print arch, data and parameters like the reference")
-    threads: int = _f(0, "torch threads per rank; 0 = cores / local ranks")
+    threads: int = _f(0, "torch threads per rank; 0 = cores / local ranks", least=0)
     progress_bar: bool = _f(True, "show a progress bar when stdout is a terminal")
     pipeline: bool = _f(
         True,
@@ -178,24 +399,54 @@ class TrainConfig:
     mlperf_acc_threshold: float = _f(0.0, "stop when test accuracy (percent) exceeds it; 0 = never")
     mlperf_auc_threshold: float = _f(0.0, "stop when test AUC exceeds it; 0 = never")
     use_gpu: bool = _f(False, "train on CUDA (each rank on its LOCAL_RANK device)")
-    dist_backend: str = _f("", "process-group backend; empty = nccl on CUDA, gloo on CPU")
-    dist_timeout: float = _f(
-        300.0, "seconds a rank waits in a collective for a peer before it stops with an error"
+    dist_backend: Literal["", "gloo", "nccl"] = _f(
+        "", "process-group backend; empty = nccl on CUDA, gloo on CPU"
     )
+    dist_timeout: float = _f(
+        300.0,
+        "seconds a rank waits in a collective for a peer before it stops with an error",
+        least=1,
+    )
+
+    def check(self) -> None:
+        _check_fields(self)
 
 
 @dataclass
 class CheckpointConfig:
     dir: str = _f(
-        "", "directory the sharded checkpoints go to (one step-N folder each); empty = none"
+        "",
+        "directory the sharded checkpoints go to (one step-N folder each); empty = none",
+        flag="checkpoint-dir",
+        aliases=("save-model",),
     )
-    every: int = _f(0, "save every N steps, and at the end; 0 = only at the end")
-    keep_last: int = _f(0, "after a save, delete all but the newest K checkpoints; 0 = keep all")
+    every: int = _f(
+        0,
+        "save every N steps, and at the end; 0 = only at the end",
+        flag="checkpoint-every",
+        least=0,
+    )
+    keep_last: int = _f(
+        0, "after a save, delete all but the newest K checkpoints; 0 = keep all", least=0
+    )
     resume: str = _f(
         "",
         "empty = start fresh | auto = the newest complete checkpoint in --checkpoint-dir "
         "(fresh if none) | PATH = that checkpoint, or the newest in that directory",
+        aliases=("load-model",),
     )
+
+    def check(self) -> None:
+        _check_fields(self)
+        if not self.dir:
+            for flag, bad in (
+                ("--checkpoint-every", self.every > 0),
+                ("--keep-last", self.keep_last > 0),
+            ):
+                if bad:
+                    raise ConfigError(f"{flag} needs --checkpoint-dir")
+            if self.resume == "auto":
+                raise ConfigError("--resume=auto needs --checkpoint-dir (where to look)")
 
 
 @dataclass
@@ -204,21 +455,42 @@ class MetricsConfig:
     enable_profiling: bool = _f(
         False, "write a PyTorch profiler trace (Chrome/TensorBoard) to <run-dir>/profile"
     )
-    profile_start: int = _f(5, "profiling: first step traced (after warm-up)")
-    profile_steps: int = _f(5, "profiling: steps traced")
+    profile_start: int = _f(5, "profiling: first step traced (after warm-up)", least=0)
+    profile_steps: int = _f(5, "profiling: steps traced", least=1)
+
+    def check(self) -> None:
+        _check_fields(self)
+        if self.enable_profiling and not self.run_dir:
+            raise ConfigError("--enable-profiling needs --run-dir (where the trace goes)")
 
 
 @dataclass
 class InferenceConfig:
     inference_only: bool = _f(False, "evaluate the model (--resume a checkpoint) on the test data")
-    quantize_mlp_with_bit: int = _f(
+    quantize_mlp_with_bit: Literal[8, 16, 32] = _f(
         32, "inference: MLP Linear layers 8 (int8, dynamic) | 16 (fp16 weights) | 32 (float)"
     )
-    quantize_emb_with_bit: int = _f(
+    quantize_emb_with_bit: Literal[4, 8, 32] = _f(
         32, "inference: embedding rows 4 | 8 (uint, per-row scale and bias) | 32 (float)"
     )
     export: str = _f("", "inference: write the torch.export program (.pt2) here; empty = none")
     save_onnx: str = _f("", "inference: write the model as ONNX here; empty = none")
+
+    def check(self) -> None:
+        """Quantization and export are for --inference-only."""
+        _check_fields(self)
+        asked = [
+            flag
+            for flag, on in (
+                ("--quantize-mlp-with-bit", self.quantize_mlp_with_bit != 32),
+                ("--quantize-emb-with-bit", self.quantize_emb_with_bit != 32),
+                ("--export", bool(self.export)),
+                ("--save-onnx", bool(self.save_onnx)),
+            )
+            if on
+        ]
+        if asked and not self.inference_only:
+            raise ConfigError(f"{' and '.join(asked)}: only with --inference-only (for inference)")
 
 
 @dataclass
@@ -233,20 +505,110 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "optim": OptimConfig,
-    "sharding": ShardingConfig,
-    "train": TrainConfig,
-    "checkpoint": CheckpointConfig,
-    "metrics": MetricsConfig,
-    "inference": InferenceConfig,
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+
+
+def check_across(cfg: Config) -> None:
+    """The rules that read two sections (each section checks itself first)."""
+    m, d, inf = cfg.model, cfg.data, cfg.inference
+    if d.rand_data_dist == "gaussian":
+        last = min(m.embedding_sizes) - 1
+        if d.rand_data_min < 0 or d.rand_data_max > last:
+            raise ConfigError(
+                f"--rand-data-min/--rand-data-max must lie in [0, {last}]"
+                " (the smallest table's last row) for gaussian indices"
+            )
+    d.check_multi_hot(len(m.embedding_sizes))
+    if inf.quantize_emb_with_bit != 32:  # as in the reference: plain tables only
+        for flag, on, what in (
+            ("--weighted-pooling", bool(m.weighted_pooling), "weighted pooling"),
+            ("--qr-flag", m.qr_flag, "quotient remainder"),
+            ("--md-flag", m.md_flag, "mixed dimensions"),
+        ):
+            if on:
+                raise ConfigError(
+                    f"4 and 8-bit embedding quantization with {what} is not supported (as in "
+                    f"the reference): drop --quantize-emb-with-bit or {flag}"
+                )
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges and choices; raise ConfigError naming the flag to change."""
+    for name in SECTIONS:
+        getattr(cfg, name).check()
+    check_across(cfg)
+    return cfg
+
+
+# --- what the fields declare --------------------------------------------------------------
+
+
+def settings(command_line: bool = False) -> Iterator[tuple[str, dataclasses.Field]]:
+    """(section, field) of every setting, in the order of the tree; with command_line, only
+    those that have a flag (not the TOML tables, [sharding] tables)."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if not (command_line and typing.get_origin(_hints(cls)[f.name]) is dict):
+                yield section, f
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _choices_of(cls: type, key: str) -> tuple[Any, ...]:
+    want = _hints(cls)[key]
+    return typing.get_args(want) if typing.get_origin(want) is Literal else ()
+
+
+def _field(section: str, key: str) -> dataclasses.Field | None:
+    return next((f for f in dataclasses.fields(SECTIONS[section]) if f.name == key), None)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or f.name.replace("_", "-")
+
+
+def flag_name(section: str, key: str) -> str:
+    """The command-line flag (without --) that sets [section] key."""
+    f = _field(section, key) if section in SECTIONS else None
+    return _flag(f) if f is not None else key.replace("_", "-")
+
+
+def choices(section: str, key: str) -> tuple[Any, ...]:
+    """The values [section] key allows (its Literal type); () for any of its type."""
+    return _choices_of(SECTIONS[section], key)
+
+
+def field_docs(section: str) -> dict[str, str]:
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(SECTIONS[section])}
+
+
+CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
+    (section, f.name): allowed for section, f in settings() if (allowed := choices(section, f.name))
 }
+# settings that change a tensor's shape or the optimizer state a checkpoint holds
+SHAPE_SETTINGS = frozenset((section, f.name) for section, f in settings() if f.metadata["shape"])
 
 
-def _section_types(section: str) -> dict[str, Any]:
-    return typing.get_type_hints(SECTIONS[section])
+def _check_fields(section: Any) -> None:
+    """The choices and lower bounds a section's fields declare."""
+    for f in dataclasses.fields(section):
+        value, flag = getattr(section, f.name), f"--{_flag(f)}"
+        allowed = _choices_of(type(section), f.name)
+        if allowed and value not in allowed:
+            raise ConfigError(
+                f"{flag}={value} is not supported; choose one of " + " | ".join(map(str, allowed))
+            )
+        least = f.metadata["least"]
+        if least is not None and value < least:
+            raise ConfigError(
+                f"{flag} must " + ("not be negative" if least == 0 else f"be at least {least}")
+            )
+
+
+# --- reading settings ---------------------------------------------------------------------
 
 
 def parse_bool(text: str | bool) -> bool:
@@ -275,7 +637,7 @@ def parse_dashed(text: str, item: type) -> list:
 
 def coerce(section: str, key: str, value: Any) -> Any:
     """Check and convert one setting to its declared type; raise ConfigError if wrong."""
-    hints = _section_types(section)
+    hints = _hints(SECTIONS[section])
     if key not in hints:
         known = ", ".join(sorted(hints))
         raise ConfigError(f"unknown setting [{section}] {key}; known: {known}")
@@ -287,6 +649,8 @@ def coerce(section: str, key: str, value: Any) -> Any:
         if isinstance(value, str):
             return parse_bool(value)
         raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if typing.get_origin(want) is Literal:  # its choices are checked by validate
+        want = type(typing.get_args(want)[0])
     if typing.get_origin(want) is dict:
         return coerce_tables(where, value)
     if typing.get_origin(want) is list:
@@ -297,9 +661,6 @@ def coerce(section: str, key: str, value: Any) -> Any:
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [coerce_scalar(where, item, v) for v in value]
     return coerce_scalar(where, want, value)
-
-
-TABLE_KEYS = ("sharding_type", "compute_kernel")
 
 
 def coerce_tables(where: str, value: Any) -> dict[str, dict[str, str]]:
@@ -367,258 +728,6 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-
-
-SHARDING_TYPES = (
-    "auto",
-    "table_wise",
-    "row_wise",
-    "column_wise",
-    "table_row_wise",
-    "table_column_wise",
-    "data_parallel",
-)
-COMPUTE_KERNELS = ("auto", "fused", "dense", "fused_uvm", "fused_uvm_caching")
-
-CHOICES = {
-    ("model", "interaction"): ("dot", "cat", "dcn"),
-    ("model", "embedding_precision"): ("fp32", "fp16"),
-    ("model", "weight_init"): ("reference", "sharded"),
-    ("model", "qr_operation"): ("concat", "add", "mult"),
-    ("model", "weighted_pooling"): ("", "fixed", "learned"),
-    ("model", "loss_function"): ("mse", "bce", "wbce"),
-    ("data", "generation"): ("random", "random-fast", "dataset"),
-    ("data", "data_set"): ("kaggle", "terabyte"),
-    ("data", "cat_encoding"): ("vocab", "hash"),
-    ("data", "data_randomize"): ("total", "day", "none"),
-    ("data", "rand_data_dist"): ("uniform", "gaussian", "zipf"),
-    ("data", "multi_hot_distribution"): ("uniform", "pareto"),
-    ("optim", "optimizer"): ("sgd", "adagrad", "rwsadagrad", "adam"),
-    ("sharding", "sharding_type"): SHARDING_TYPES,
-    ("sharding", "compute_kernel"): COMPUTE_KERNELS,
-    ("train", "dist_backend"): ("", "gloo", "nccl"),
-}
-
-
-def validate(cfg: Config) -> Config:
-    """Check value ranges and choices; raise ConfigError naming the flag to change."""
-    for (section, key), allowed in CHOICES.items():
-        value = getattr(getattr(cfg, section), key)
-        if value not in allowed:
-            raise ConfigError(
-                f"--{flag_name(section, key)}={value} is not supported; choose one of "
-                + " | ".join(allowed)
-            )
-    positive = [
-        ("model", "sparse_feature_size"),
-        ("model", "dcn_num_layers"),
-        ("model", "dcn_low_rank_dim"),
-        ("data", "mini_batch_size"),
-        ("data", "num_indices_per_lookup"),
-        ("train", "print_freq"),
-        ("train", "dist_timeout"),
-    ]
-    for section, key in positive:
-        if getattr(getattr(cfg, section), key) < 1:
-            raise ConfigError(f"--{flag_name(section, key)} must be at least 1")
-    nonneg = [
-        ("data", "data_size"),
-        ("data", "num_batches"),
-        ("data", "preprocess_workers"),
-        ("train", "nepochs"),
-        ("optim", "lr_num_warmup_steps"),
-        ("optim", "lr_decay_start_step"),
-        ("optim", "lr_num_decay_steps"),
-        ("train", "threads"),
-        ("checkpoint", "every"),
-        ("checkpoint", "keep_last"),
-        ("metrics", "profile_start"),
-    ]
-    for section, key in nonneg:
-        if getattr(getattr(cfg, section), key) < 0:
-            raise ConfigError(f"--{flag_name(section, key)} must not be negative")
-    m, d = cfg.model, cfg.data
-    if d.data_size < 1 and d.num_batches < 1:
-        raise ConfigError("--data-size must be at least 1 (or set --num-batches)")
-    if not m.embedding_sizes or min(m.embedding_sizes) < 1:
-        raise ConfigError("--arch-embedding-size needs at least one table, each with >= 1 row")
-    if len(m.mlp_bot) < 2 or min(m.mlp_bot) < 1:
-        raise ConfigError("--arch-mlp-bot needs at least two positive widths, e.g. 4-3-2")
-    if len(m.mlp_top) < 1 or min(m.mlp_top) < 1:
-        raise ConfigError("--arch-mlp-top needs positive widths, e.g. 4-2-1")
-    if len(m.loss_weights) != 2:
-        raise ConfigError("--loss-weights needs two weights (target 0, target 1), e.g. 1.0-1.0")
-    if m.qr_flag and m.qr_collisions < 1:
-        raise ConfigError("--qr-collisions must be at least 1 (rows of each remainder table)")
-    if m.md_flag and m.md_temperature < 0:
-        raise ConfigError("--md-temperature must not be negative (0 = every table D wide)")
-    for flag, on, what in (
-        ("--qr-flag", m.qr_flag, "quotient remainder"),
-        ("--md-flag", m.md_flag, "mixed dimensions"),
-    ):
-        if on and m.weighted_pooling:
-            raise ConfigError(
-                f"{what} with weighted pooling is not supported (as in the reference): "
-                f"drop --weighted-pooling or {flag}"
-            )
-    if m.weight_init == "sharded" and (m.qr_flag or m.md_flag or m.weighted_pooling):
-        raise ConfigError(
-            "--weight-init=sharded covers plain tables only: QR, MD and learned-pooling "
-            "weights start as the reference draws them; use --weight-init=reference"
-        )
-    if m.qr_flag and m.md_flag:
-        raise ConfigError(
-            "quotient remainder with mixed dimensions is not supported (the reference's QR "
-            "tables take one dim): drop --qr-flag or --md-flag"
-        )
-    if m.loss_function in ("bce", "wbce") and m.mlp_top[-1] != 1:
-        raise ConfigError("--arch-mlp-top must end in 1 for bce/wbce (one click probability)")
-    if d.rand_data_dist == "gaussian":
-        if d.rand_data_min < 0 or d.rand_data_max > min(m.embedding_sizes) - 1:
-            raise ConfigError(
-                f"--rand-data-min/--rand-data-max must lie in [0, {min(m.embedding_sizes) - 1}]"
-                " (the smallest table's last row) for gaussian indices"
-            )
-    if d.rand_data_dist == "zipf" and d.generation != "random-fast":
-        raise ConfigError("--rand-data-dist=zipf needs --data-generation=random-fast")
-    validate_multi_hot(d, len(m.embedding_sizes))
-    if d.zipf_exponent <= 0:
-        raise ConfigError("--zipf-exponent must be positive")
-    if d.generation == "dataset":
-        if not (d.raw_data_file or d.processed_data_file):
-            raise ConfigError(
-                "--data-generation=dataset needs --raw-data-file (and/or --processed-data-file)"
-            )
-        if not 0.0 <= d.data_sub_sample_rate < 1.0:
-            raise ConfigError("--data-sub-sample-rate must lie in [0, 1)")
-        if d.cat_encoding == "hash" and d.max_ind_range <= 0:
-            raise ConfigError("--data-cat-encoding=hash needs --max-ind-range > 0 (rows per table)")
-        if d.max_ind_range >= 1 << 31:
-            raise ConfigError("--max-ind-range must be below 2^31 (row ids are int32)")
-    if not d.memory_map:
-        raise ConfigError(
-            "--memory-map=false is not supported: the processed Criteo data is always read "
-            "through memory maps (drop the flag)"
-        )
-    sh = cfg.sharding
-    if not 0 <= sh.cache_ratio <= 1:
-        raise ConfigError("--embedding-cache-ratio must lie in [0, 1], e.g. 0.01")
-    if sh.hbm_gb < 0 or sh.ddr_gb < 0:
-        raise ConfigError("--hbm-gb and --ddr-gb must not be negative (0 = detect)")
-    for table, settings in sh.tables.items():
-        for key, allowed in (
-            ("sharding_type", SHARDING_TYPES),
-            ("compute_kernel", COMPUTE_KERNELS),
-        ):
-            if key in settings and settings[key] not in allowed:
-                raise ConfigError(
-                    f"[sharding.tables.{table}] {key} = {settings[key]!r} is not supported; "
-                    "choose one of " + " | ".join(allowed)
-                )
-    o = cfg.optim
-    if o.lr_decay_start_step < o.lr_num_warmup_steps:
-        raise ConfigError(
-            "Learning rate warmup must finish before the decay starts: set "
-            "--lr-decay-start-step >= --lr-num-warmup-steps"
-        )
-    validate_inference(cfg)
-    mt = cfg.metrics
-    if mt.enable_profiling and not mt.run_dir:
-        raise ConfigError("--enable-profiling needs --run-dir (where the trace goes)")
-    if mt.profile_steps < 1:
-        raise ConfigError("--profile-steps must be at least 1")
-    ck = cfg.checkpoint
-    if not ck.dir:
-        for key, bad in (("every", ck.every > 0), ("keep_last", ck.keep_last > 0)):
-            if bad:
-                raise ConfigError(f"--{flag_name('checkpoint', key)} needs --checkpoint-dir")
-        if ck.resume == "auto":
-            raise ConfigError("--resume=auto needs --checkpoint-dir (where to look)")
-    return cfg
-
-
-def validate_multi_hot(d: DataConfig, tables: int) -> None:
-    """Multi-hot bags: random-fast draws them, dataset expands Criteo's ids into them; the
-    reference's exact generator has none. One size >= 1 per table (Criteo: 26)."""
-    if d.multi_hot_sizes:
-        if d.generation == "random":
-            raise ConfigError(
-                "--multi-hot-sizes needs --data-generation=random-fast or dataset (the "
-                "reference's random data has random bag sizes)"
-            )
-        where = f"{tables} tables"
-        if d.generation == "dataset":
-            from dlrm_dist.data.criteo_tsv import NUM_SPARSE
-
-            tables, where = NUM_SPARSE, f"{NUM_SPARSE} tables: Criteo's categorical features"
-        if len(d.multi_hot_sizes) != tables:
-            raise ConfigError(
-                f"--multi-hot-sizes needs one positive size per table ({where}), "
-                f"got {len(d.multi_hot_sizes)}"
-            )
-        if min(d.multi_hot_sizes) < 1:
-            t = min(range(tables), key=lambda i: d.multi_hot_sizes[i])
-            raise ConfigError(
-                f"--multi-hot-sizes needs one positive size per table: table {t} has "
-                f"{d.multi_hot_sizes[t]}"
-            )
-    if d.multi_hot_distribution != "uniform" and not (
-        d.generation == "dataset" and d.multi_hot_sizes
-    ):
-        raise ConfigError(
-            f"--multi-hot-distribution={d.multi_hot_distribution} needs "
-            "--data-generation=dataset and --multi-hot-sizes (random-fast's bags follow "
-            "--rand-data-dist)"
-        )
-
-
-def validate_inference(cfg: Config) -> None:
-    """Quantization and export are for --inference-only; embedding quantization takes
-    plain tables only, as in the reference."""
-    inf, m = cfg.inference, cfg.model
-    for key, allowed in (
-        ("quantize_mlp_with_bit", (8, 16, 32)),
-        ("quantize_emb_with_bit", (4, 8, 32)),
-    ):
-        if getattr(inf, key) not in allowed:
-            raise ConfigError(
-                f"--{flag_name('inference', key)}={getattr(inf, key)} is not supported; "
-                "choose one of " + " | ".join(map(str, allowed))
-            )
-    asked = [
-        f"--{flag_name('inference', key)}"
-        for key, on in (
-            ("quantize_mlp_with_bit", inf.quantize_mlp_with_bit != 32),
-            ("quantize_emb_with_bit", inf.quantize_emb_with_bit != 32),
-            ("export", bool(inf.export)),
-            ("save_onnx", bool(inf.save_onnx)),
-        )
-        if on
-    ]
-    if asked and not inf.inference_only:
-        raise ConfigError(f"{' and '.join(asked)}: only with --inference-only (for inference)")
-    if inf.quantize_emb_with_bit != 32:
-        for flag, on, what in (
-            ("--weighted-pooling", bool(m.weighted_pooling), "weighted pooling"),
-            ("--qr-flag", m.qr_flag, "quotient remainder"),
-            ("--md-flag", m.md_flag, "mixed dimensions"),
-        ):
-            if on:
-                raise ConfigError(
-                    f"4 and 8-bit embedding quantization with {what} is not supported (as in "
-                    f"the reference): drop --quantize-emb-with-bit or {flag}"
-                )
-
-
-def flag_name(section: str, key: str) -> str:
-    """The command-line flag (without --) that sets [section] key."""
-    from dlrm_dist.cli import FLAG_FOR
-
-    return FLAG_FOR.get((section, key), key.replace("_", "-"))
-
-
-def field_docs(section: str) -> dict[str, str]:
-    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(SECTIONS[section])}
 
 
 def to_toml(cfg: Config) -> str:

@@ -18,9 +18,9 @@ import torch
 from torch._tensor_str import printoptions as torch_printoptions
 from tqdm import tqdm
 
+from dlrm_dist.arch import Arch
 from dlrm_dist.config import Config
 from dlrm_dist.metrics import MetricsWriter, peak_memory_gb
-from dlrm_dist.model import Arch
 
 
 class Reporter:

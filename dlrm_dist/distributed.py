@@ -223,7 +223,8 @@ def build_optimizer(dmp: DistributedModelParallel, cfg: OptimConfig) -> Combined
     replicated (data-parallel, dense-kernel) tables get the embedding optimizer (so
     rwsadagrad stays row-wise there), the MLPs its dense counterpart."""
     rest = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    tables = {k: v for k, v in rest.items() if ".embedding_bags." in k}
+    rows = _table_rows(dmp.module)
+    tables = {k: v for k, v in rest.items() if id(v) in rows}
     mlps = {k: v for k, v in rest.items() if k not in tables}
     parts: list = [dmp.fused_optimizer]
     for params, table in ((tables, _EMBEDDING_OPTIMIZERS), (mlps, _DENSE_OPTIMIZERS)):
@@ -238,18 +239,22 @@ def build_optimizer(dmp: DistributedModelParallel, cfg: OptimConfig) -> Combined
     return CombinedOptimizer(parts)
 
 
-def _local_name(name: str) -> str:
-    for prefix in ("_dmp_wrapped_module.", "module."):
-        while name.startswith(prefix):
-            name = name[len(prefix) :]
-    return name
+def _table_rows(model: torch.nn.Module) -> set[int]:
+    """The ids of the tables' row parameters (not learned pooling weights), found by the
+    module that holds them rather than by name."""
+    return {
+        id(param)
+        for collection, weights in sparse_collections(model.sparse_arch)
+        if not weights
+        for param in collection.parameters()
+    }
 
 
 @torch.no_grad()
 def load_full_weights(dmp: DistributedModelParallel, weights: dict[str, np.ndarray]) -> None:
     """Copy full (unsharded) tensors into this rank's shards: DMP re-initializes the
     tables it shards, so the reference's init is loaded after sharding."""
-    state = {_local_name(k): v for k, v in dmp.state_dict().items()}
+    state = dmp.module.state_dict()  # unwrapped: our own parameter names
     for name, full in weights.items():
         target = state[name]
         src = torch.from_numpy(full)
@@ -267,7 +272,7 @@ def gather_full_weights(
     dmp: DistributedModelParallel, names: list[str]
 ) -> dict[str, np.ndarray] | None:
     """Full copies of the named parameters on rank 0 (None elsewhere); all ranks call it."""
-    state = {_local_name(k): v for k, v in dmp.state_dict().items()}
+    state = dmp.module.state_dict()
     rank = dist.get_rank()
     out: dict[str, np.ndarray] = {}
     for name in names:

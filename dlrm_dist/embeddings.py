@@ -12,7 +12,7 @@ D = the bottom MLP's output width (every feature's vector ends up D wide).
   concat (2x the dim), add or mult. Here they are two EBC tables read by two derived
   features `cat_k_q`, `cat_k_r` (the ids transformed before the lookup).
 - MD (Ginart et al. 2019, the reference's md_solver + PrEmbeddingBag): table dims from
-  the alpha-power rule (below); a table of n > --md-threshold rows and dim d < D is
+  the alpha-power rule (arch.md_solver); a table of n > --md-threshold rows and dim d < D is
   looked up at dim d and projected to D by a bias-free Linear (d -> D), which is dense
   and trains with the MLPs.
 - Weighted pooling: every bag sum becomes sum_j w[i_j] E[i_j], with one weight per row
@@ -34,11 +34,6 @@ dim for all tables and has no QR/MD.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 from torchrec.models.dlrm import SparseArch
@@ -46,68 +41,9 @@ from torchrec.modules.embedding_configs import DataType, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from dlrm_dist.data.reference_random import feature_names
-
-if TYPE_CHECKING:
-    from dlrm_dist.model import Arch
+from dlrm_dist.arch import ROW_WEIGHT_DIM, Arch, feature_names, row_weight_table, table_specs
 
 QR_OPERATIONS = ("concat", "add", "mult")
-ROW_WEIGHT_DIM = 4  # a sharded weight table's width; the weight is column 0
-
-
-def sharded_row_weights(arch: Arch) -> bool:
-    """Whether learned pooling weights live in sharded weight tables (SequencePoolingArch)
-    rather than in replicated dense parameters: when every table can shard, that is
-    has a dim divisible by 4 (QR and MD do not combine with weighted pooling)."""
-    return arch.weighted_pooling == "learned" and all(d % 4 == 0 for d in arch.emb_dims)
-
-
-def md_solver(rows: Sequence[int], temperature: float, d0: int, round_dims: bool) -> list[int]:
-    """The reference's mixed dimensions (md_solver with d0, alpha_power_rule, pow_2_round).
-
-    With the tables sorted by rows (n_0 the fewest), d_i = d0 (n_0 / n_i)^alpha, computed
-    in float32 as lambda n_i^-alpha with lambda = d0 n_0^alpha; the smallest table gets
-    d0 exactly, the others at least 1; rounded half to even. round_dims: then to the
-    nearest power of 2 (2^round(log2 d)). Returned in the tables' own order.
-    """
-    n = torch.tensor(list(rows), dtype=torch.int64)
-    n_sorted, order = torch.sort(n)
-    lamb = d0 * (n_sorted[0].type(torch.float) ** temperature)
-    d = torch.ones(len(n_sorted)) * lamb * (n_sorted.type(torch.float) ** (-temperature))
-    d[0] = d0
-    d[1:] = torch.where(d[1:] < 1, torch.ones_like(d[1:]), d[1:])
-    dims = torch.round(d).type(torch.long)
-    if round_dims:
-        dims = (2 ** torch.round(torch.log2(dims.type(torch.float)))).type(torch.long)
-    out = torch.empty_like(dims)
-    out[order] = dims
-    return out.tolist()
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """One EBC table: its name, the KJT key it reads, rows x dim, and the input
-    feature (index into the F features) it serves."""
-
-    name: str
-    feature: str
-    rows: int
-    dim: int
-    source: int
-
-
-def table_specs(arch: Arch) -> list[TableSpec]:
-    """The EBC's tables in the reference's parameter order: per input feature its one
-    table, or (QR) its quotient then its remainder table."""
-    out: list[TableSpec] = []
-    for i, (feature, rows) in enumerate(zip(feature_names(len(arch.ln_emb)), arch.ln_emb)):
-        if arch.qr_tables[i]:
-            c = arch.qr_collisions
-            out.append(TableSpec(f"t_{feature}_q", f"{feature}_q", -(-rows // c), arch.m_spa, i))
-            out.append(TableSpec(f"t_{feature}_r", f"{feature}_r", c, arch.m_spa, i))
-        else:
-            out.append(TableSpec(f"t_{feature}", feature, rows, arch.emb_dims[i], i))
-    return out
 
 
 @torch.fx.wrap
@@ -289,26 +225,6 @@ class SequencePoolingArch(nn.Module):
         return weighted_bag_sums(rows, weights, self.features)
 
 
-def row_weight_table(spec: TableSpec) -> str:
-    """The weight table of a table t_<feature>: w_<feature>."""
-    return f"w_{spec.feature}"
-
-
-def table_parameter(arch: Arch, spec: TableSpec) -> str:
-    """The full parameter name of a table's rows in our DLRM."""
-    if sharded_row_weights(arch):
-        return f"sparse_arch.embedding_collection.embeddings.{spec.name}.weight"
-    return f"sparse_arch.embedding_bag_collection.embedding_bags.{spec.name}.weight"
-
-
-def row_weight_parameter(arch: Arch, spec: TableSpec) -> str:
-    """The full parameter name of a table's learned pooling weights: (rows,) replicated,
-    or (rows, 4) sharded with the weights in column 0."""
-    if sharded_row_weights(arch):
-        return f"sparse_arch.row_weight_collection.embeddings.{row_weight_table(spec)}.weight"
-    return f"sparse_arch.pooling_weights.{spec.name}"
-
-
 def sparse_collections(sparse_arch: nn.Module) -> list[tuple[nn.Module, bool]]:
     """The torchrec embedding modules of a sparse arch, the ones the planner shards, each
     with whether it holds learned pooling weights (which train as the reference's dense
@@ -319,48 +235,3 @@ def sparse_collections(sparse_arch: nn.Module) -> list[tuple[nn.Module, bool]]:
             (sparse_arch.row_weight_collection, True),
         ]
     return [(sparse_arch.embedding_bag_collection, False)]
-
-
-def uses_torch_stream(arch: Arch) -> bool:
-    """Whether the reference draws some of these initial weights from torch's stream."""
-    return any(arch.qr_tables) or any(d < arch.m_spa for d in arch.emb_dims)
-
-
-def torch_stream_weights(seed: int, arch: Arch) -> dict[str, torch.Tensor]:
-    """The initial weights the reference draws from torch's generator (seeded, as it
-    does, with the seed), by replaying its module construction in table order:
-
-    - plain table: nn.EmbeddingBag(n, m) draws normal_ (n, m) (then overwritten);
-    - QR table: weight_q (ceil(n/c), m) then weight_r (c, m), each uniform_(sqrt(1/n), 1)
-      (its reset_parameters passes sqrt(1/n) as the lower bound; n = the full rows);
-    - MD table (dim d): nn.EmbeddingBag(n, d) normal_, xavier_uniform_ of it (both then
-      overwritten from numpy); if d < D, nn.Linear(d, D, bias=False)'s kaiming_uniform_,
-      then xavier_uniform_ (D, d): the projection kept.
-
-    Keyed by parameter name; replay stops after the last weight kept.
-    """
-    g = torch.Generator().manual_seed(seed)
-    specs = table_specs(arch)
-    keep_until = max(
-        (i for i, s in enumerate(specs) if arch.qr_tables[s.source] or s.dim < arch.m_spa),
-        default=-1,
-    )
-    prefix = "sparse_arch.embedding_bag_collection.embedding_bags"
-    out: dict[str, torch.Tensor] = {}
-    for s in specs[: keep_until + 1]:
-        n = arch.ln_emb[s.source]
-        if arch.qr_tables[s.source]:
-            w = torch.empty(s.rows, s.dim)
-            nn.init.uniform_(w, math.sqrt(1 / n), 1.0, generator=g)
-            out[f"{prefix}.{s.name}.weight"] = w
-            continue
-        w = torch.empty(n, s.dim)
-        nn.init.normal_(w, generator=g)
-        if arch.md_tables[s.source]:
-            nn.init.xavier_uniform_(w, generator=g)
-            if s.dim < arch.m_spa:
-                p = torch.empty(arch.m_spa, s.dim)
-                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=g)
-                nn.init.xavier_uniform_(p, generator=g)
-                out[f"sparse_arch.proj.{s.name}.weight"] = p
-    return out

@@ -36,9 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlrm_dist.arch import Arch
 from dlrm_dist.config import Config, InferenceConfig, ModelConfig
+from dlrm_dist.embeddings import SequencePoolingArch
 from dlrm_dist.errors import ConfigError
-from dlrm_dist.model import DLRM, Arch, make_loss
+from dlrm_dist.model import DLRM, make_loss
 
 log = logging.getLogger("dlrm_dist")
 
@@ -85,7 +87,7 @@ def quantize(model: DLRM, mlp_bit: int = NO_QUANT, emb_bit: int = NO_QUANT) -> D
     if emb_bit != NO_QUANT:
         from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
-        if not hasattr(model.sparse_arch, "embedding_bag_collection"):
+        if isinstance(model.sparse_arch, SequencePoolingArch):
             raise ConfigError(
                 "--quantize-emb-with-bit quantizes pooled tables; learned weighted pooling "
                 "looks rows up unpooled: drop one of them"

@@ -79,7 +79,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Config]:
 def plan_text(ns: argparse.Namespace, cfg: Config) -> str:
     """The printed plan; raises ConfigError."""
     from dlrm_dist import planning  # torch and torchrec: only once the arguments are good
-    from dlrm_dist.model import DLRM, derive_arch
+    from dlrm_dist.arch import derive_arch
+    from dlrm_dist.model import DLRM
 
     model = DLRM(derive_arch(cfg.model, cfg.data.dense_features), cfg.model, device="meta")
     result = planning.plan_for_config(

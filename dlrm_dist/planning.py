@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 from torch import nn
@@ -52,8 +53,9 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.optim import RowWiseAdagrad
 
 from dlrm_dist import compat
-from dlrm_dist.config import Config, DataConfig, ShardingConfig
-from dlrm_dist.embeddings import SequencePoolingArch, row_weight_table, sparse_collections
+from dlrm_dist.arch import row_weight_table
+from dlrm_dist.config import Config, DataConfig, ShardingConfig, choices
+from dlrm_dist.embeddings import SequencePoolingArch, sparse_collections
 from dlrm_dist.errors import ConfigError
 
 log = logging.getLogger("dlrm_dist")
@@ -61,17 +63,19 @@ log = logging.getLogger("dlrm_dist")
 GB = 1024**3
 
 # What torchrec's EmbeddingBagCollectionSharder offers per device, restricted to the
-# choices our config can name (grid_shard, key_value, ssd kernels are left out).
+# choices our config can name (grid_shard, key_value, ssd kernels are left out): on CUDA
+# every one, on CPU all but the row-wise types and the UVM kernels. Kernels: fused ones first.
+_TYPES = tuple(t for t in choices("sharding", "sharding_type") if t != "auto")
+_KERNELS = tuple(
+    sorted(
+        (k for k in choices("sharding", "compute_kernel") if k != "auto"),
+        key=lambda k: k == "dense",
+    )
+)
+_CUDA_ONLY = ("row_wise", "table_row_wise", "fused_uvm", "fused_uvm_caching")
 SHARDING_TYPES_BY_DEVICE = {
-    "cpu": ("table_wise", "column_wise", "table_column_wise", "data_parallel"),
-    "cuda": (
-        "table_wise",
-        "row_wise",
-        "column_wise",
-        "table_row_wise",
-        "table_column_wise",
-        "data_parallel",
-    ),
+    "cpu": tuple(t for t in _TYPES if t not in _CUDA_ONLY),
+    "cuda": _TYPES,
 }
 # What torchrec's EmbeddingCollectionSharder (unpooled lookups, used for learned pooling
 # weights on sharded tables) offers, less data_parallel: its dense sequence lookup
@@ -82,10 +86,10 @@ SEQUENCE_SHARDING_TYPES_BY_DEVICE = {
 }
 SEQUENCE_WHY = "--weighted-pooling=learned looks rows up unpooled, from sharded tables"
 KERNELS_BY_DEVICE = {
-    "cpu": ("fused", "dense"),
-    "cuda": ("fused", "fused_uvm", "fused_uvm_caching", "dense"),
+    "cpu": tuple(k for k in _KERNELS if k not in _CUDA_ONLY),
+    "cuda": _KERNELS,
 }
-FUSED_KERNELS = ("fused", "fused_uvm", "fused_uvm_caching")
+FUSED_KERNELS = tuple(k for k in _KERNELS if k != "dense")
 
 # The optimizer fused into backward on the embeddings, per [optim] optimizer. The
 # planner sizes optimizer state from the parameter's `_optimizer_classes`: SGD adds
@@ -344,16 +348,8 @@ def _allowed(
             ("sharding_type", stype, type_from, "data_parallel"),
             ("compute_kernel", kernel, kernel_from, "dense"),
         ):
-            if key in own and value not in ("auto", want) and replicate:
-                raise ConfigError(
-                    f'table {name}: {key} {value} (from {src}): {replicate}; set {key} = "{want}"'
-                )
             if key in own and value not in ("auto", want):
-                raise ConfigError(
-                    f"table {name}: {key} {value} (from {src}) needs an embedding dim "
-                    f"divisible by 4 (FBGEMM's fused kernels), but its dim is "
-                    f'{table.embedding_dim}; set {key} = "{want}" for it'
-                )
+                _cannot_shard(name, key, value, src, want, table.embedding_dim, replicate)
         yielded = stype not in ("auto", "data_parallel") or kernel not in ("auto", "dense")
         return ["data_parallel"], ["dense"], yielded
     replicate = stype == "data_parallel" or kernel == "dense"
@@ -387,6 +383,22 @@ def _allowed(
         if (k == "dense" and "data_parallel" in types) or (k != "dense" and sharded)
     ]
     return types, kernels, False
+
+
+def _cannot_shard(
+    name: str, key: str, value: str, src: str, want: str, dim: int, replicate: str
+) -> NoReturn:
+    """A table's own `key = value` where the table must be replicated (`want`): because of
+    `replicate` (a reason), else because its dim is not divisible by 4."""
+    if replicate:
+        raise ConfigError(
+            f'table {name}: {key} {value} (from {src}): {replicate}; set {key} = "{want}"'
+        )
+    raise ConfigError(
+        f"table {name}: {key} {value} (from {src}) needs an embedding dim "
+        f"divisible by 4 (FBGEMM's fused kernels), but its dim is "
+        f'{dim}; set {key} = "{want}" for it'
+    )
 
 
 def _allowed_sequence(
@@ -566,19 +578,7 @@ def _explain_failure(
     cap = topology.devices[0].storage
     reserved = reservation.last_reserved_topology
     if reserved is None:  # torchrec's reservation alone exceeds a rank's HBM
-        dense = getattr(reservation, "_dense_storage", None)
-        kjt = getattr(reservation, "_kjt_storage", None)
-        held = (
-            f"{RESERVED_HBM_FRACTION:.0%} margin + {dense.hbm / GB:.2f} GB dense parameters "
-            f"+ {kjt.hbm / GB:.2f} GB input batches"
-            if dense and kjt
-            else "margin, dense parameters and input batches"
-        )
-        return (
-            f"no HBM left for the embeddings: torchrec reserves {held} of each rank's "
-            f"{cap.hbm / GB:.1f} GB; raise --hbm-gb or lower the batch per rank "
-            "(--mini-batch-size, more ranks)"
-        )
+        return _no_hbm_left(reservation, cap)
     usable = reserved.devices[0].storage
     uvm = any(o.compute_kernel.startswith("fused_uvm") for o in space)  # tables in DDR
     if not cuda:
@@ -595,18 +595,7 @@ def _explain_failure(
         fixes += ", or keep tables in host memory: --compute-kernel=fused_uvm_caching"
     if not space:
         return f"cannot plan the embeddings: {str(exc).splitlines()[0]}; {where}; {fixes}"
-    # per table, the option closest to fitting: the least its largest shard overflows
-    closest: dict[str, tuple[int, str]] = {}
-    for option in space:
-        hbm = max(shard.storage.hbm for shard in option.shards)
-        ddr = max(shard.storage.ddr for shard in option.shards)
-        over_hbm, over_ddr = hbm - usable.hbm, ddr - usable.ddr
-        need = (f"{hbm / GB:.2f} GB HBM" if over_hbm >= over_ddr else f"{ddr / GB:.2f} GB DDR") + (
-            f" ({option.compute_kernel})" if cuda else ""
-        )
-        over = max(over_hbm, over_ddr)
-        if option.name not in closest or over < closest[option.name][0]:
-            closest[option.name] = (over, need)
+    closest = _closest_options(space, usable, cuda)
     too_big = [t for t in tables if t.name in closest and closest[t.name][0] > 0]
     if too_big:
         listed = ", ".join(
@@ -627,6 +616,41 @@ def _explain_failure(
         f"{need / GB:.2f} GB {tier.upper()} in all, {world} ranks have "
         f"{world * getattr(usable, tier) / GB:.2f} GB ({where}); {fixes}"
     )
+
+
+def _no_hbm_left(reservation: HeuristicalStorageReservation, cap: Storage) -> str:
+    dense = getattr(reservation, "_dense_storage", None)
+    kjt = getattr(reservation, "_kjt_storage", None)
+    held = (
+        f"{RESERVED_HBM_FRACTION:.0%} margin + {dense.hbm / GB:.2f} GB dense parameters "
+        f"+ {kjt.hbm / GB:.2f} GB input batches"
+        if dense and kjt
+        else "margin, dense parameters and input batches"
+    )
+    return (
+        f"no HBM left for the embeddings: torchrec reserves {held} of each rank's "
+        f"{cap.hbm / GB:.1f} GB; raise --hbm-gb or lower the batch per rank "
+        "(--mini-batch-size, more ranks)"
+    )
+
+
+def _closest_options(
+    space: list[ShardingOption], usable: Storage, cuda: bool
+) -> dict[str, tuple[int, str]]:
+    """Per table, the option closest to fitting (the least its largest shard overflows a
+    rank's usable storage): {table: (bytes over, what it needs, in words)}."""
+    closest: dict[str, tuple[int, str]] = {}
+    for option in space:
+        hbm = max(shard.storage.hbm for shard in option.shards)
+        ddr = max(shard.storage.ddr for shard in option.shards)
+        over_hbm, over_ddr = hbm - usable.hbm, ddr - usable.ddr
+        need = (f"{hbm / GB:.2f} GB HBM" if over_hbm >= over_ddr else f"{ddr / GB:.2f} GB DDR") + (
+            f" ({option.compute_kernel})" if cuda else ""
+        )
+        over = max(over_hbm, over_ddr)
+        if option.name not in closest or over < closest[option.name][0]:
+            closest[option.name] = (over, need)
+    return closest
 
 
 def _compact_ranks(ranks: Sequence[int]) -> str:
@@ -650,9 +674,6 @@ def describe_plan(result: PlanResult) -> str:
     """
     topo, mem = result.topology, result.memory
     world, device = topo.world_size, topo.compute_device
-    by_table = {o.name: o for o in result.options}
-    hbm = [0] * world
-    ddr = [0] * world
     lines = [
         f"Sharding plan: {len(result.tables)} tables on {world} {device} rank(s); "
         f"per rank: batch {result.batch_size_per_rank}, "
@@ -661,28 +682,7 @@ def describe_plan(result: PlanResult) -> str:
         f"optimizer {result.optimizer}",
     ]
     header = ("table", "rows x dim", "sharding", "kernel", "ranks", "HBM GB/rank", "DDR GB/rank")
-    rows = []
-    for table in result.tables:
-        option = by_table[table.name]
-        t_hbm: dict[int, int] = {}
-        t_ddr: dict[int, int] = {}
-        for shard in option.shards:
-            t_hbm[shard.rank] = t_hbm.get(shard.rank, 0) + shard.storage.hbm
-            t_ddr[shard.rank] = t_ddr.get(shard.rank, 0) + shard.storage.ddr
-        for rank in t_hbm:
-            hbm[rank] += t_hbm[rank]
-            ddr[rank] += t_ddr[rank]
-        rows.append(
-            (
-                table.name,
-                f"{table.num_embeddings} x {table.embedding_dim}",
-                option.sharding_type,
-                option.compute_kernel,
-                _compact_ranks([s.rank for s in option.shards]),
-                f"{max(t_hbm.values()) / GB:.3f}",
-                f"{max(t_ddr.values()) / GB:.3f}",
-            )
-        )
+    rows, hbm, ddr = _placements(result)
     lines += _table(header, rows, right=(5, 6))
     lines.append("")
     groups: list[tuple[list[int], str, str]] = []
@@ -710,6 +710,37 @@ def describe_plan(result: PlanResult) -> str:
         "input/output buffers); GB = 2^30 bytes"
     )
     return "\n".join(lines)
+
+
+def _placements(result: PlanResult) -> tuple[list[tuple[str, ...]], list[int], list[int]]:
+    """A row per table (where it went, its largest shard's GB per rank) and the bytes of
+    HBM and of DDR each rank holds."""
+    by_table = {o.name: o for o in result.options}
+    hbm = [0] * result.topology.world_size
+    ddr = [0] * result.topology.world_size
+    rows = []
+    for table in result.tables:
+        option = by_table[table.name]
+        t_hbm: dict[int, int] = {}
+        t_ddr: dict[int, int] = {}
+        for shard in option.shards:
+            t_hbm[shard.rank] = t_hbm.get(shard.rank, 0) + shard.storage.hbm
+            t_ddr[shard.rank] = t_ddr.get(shard.rank, 0) + shard.storage.ddr
+        for rank in t_hbm:
+            hbm[rank] += t_hbm[rank]
+            ddr[rank] += t_ddr[rank]
+        rows.append(
+            (
+                table.name,
+                f"{table.num_embeddings} x {table.embedding_dim}",
+                option.sharding_type,
+                option.compute_kernel,
+                _compact_ranks([s.rank for s in option.shards]),
+                f"{max(t_hbm.values()) / GB:.3f}",
+                f"{max(t_ddr.values()) / GB:.3f}",
+            )
+        )
+    return rows, hbm, ddr
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int]) -> list:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dlrm_dist import console, distributed, failures, inference
+from dlrm_dist.arch import Arch, derive_arch, parameter_order
 from dlrm_dist.checkpoint import CheckpointManager, TrainState
 from dlrm_dist.cli import parse_args
 from dlrm_dist.config import Config
@@ -24,10 +25,10 @@ from dlrm_dist.data.batch_check import BatchCheck
 from dlrm_dist.data.sources import EpochBatches, dataset_tables, make_data, usable_batches
 from dlrm_dist.errors import ConfigError, DlrmDistError, PeerFailureError
 from dlrm_dist.evaluation import evaluate, threshold_reached
-from dlrm_dist.init import reference_init
+from dlrm_dist.initial_weights import reference_init
 from dlrm_dist.lr_policy import LRPolicy
 from dlrm_dist.metrics import MetricsWriter, Profiler
-from dlrm_dist.model import Arch, DLRMTrain, derive_arch, parameter_order
+from dlrm_dist.model import DLRMTrain
 
 
 @dataclass
@@ -125,8 +126,8 @@ def agreed_data(cfg: Config, arch: Arch, rs: np.random.RandomState, env, out: co
     """This rank's train and test data and the batches per epoch all ranks train on."""
     if cfg.train.test_freq > 0 and cfg.data.test_mini_batch_size > 0:
         distributed.local_batch(cfg.data.test_mini_batch_size, env, "--test-mini-batch-size")
-    train_data = make_data(cfg, arch, rs, False, env.rank, env.world_size)
-    test_data = make_data(cfg, arch, rs, True, env.rank, env.world_size)
+    train_data = make_data(cfg, arch, rs, False, env.rank, env.world_size, env.device)
+    test_data = make_data(cfg, arch, rs, True, env.rank, env.world_size, env.device)
     nbatches = distributed.agree_num_batches(usable_batches(train_data, env.world_size))
     ntest = distributed.agree_num_batches(usable_batches(test_data, env.world_size))
     if len(train_data) == 0:

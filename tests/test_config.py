@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+import typing
+
 import pytest
 
+from dlrm_dist import cli, config
 from dlrm_dist.cli import build_parser, parse_args
 from dlrm_dist.config import Config, parse_bool
+from dlrm_dist.data import criteo
 from dlrm_dist.errors import ConfigError
 
 
@@ -201,3 +208,79 @@ def test_reference_data_switches_have_their_meaning():
     for flag in ("--memory-map", "--dataset-multiprocessing", "--preprocess-workers"):
         assert flag in text
     assert "--multi-hot-distribution" in text and "--num-workers" not in text
+
+
+# --- one source of truth: the fields ------------------------------------------------------
+
+
+def test_every_setting_has_one_flag_and_a_doc():
+    assert all(f.metadata["doc"].strip() for _, f in config.settings())
+    every = [(section, f.name) for section, f in config.settings()]
+    flagged = [(section, f.name) for section, f in config.settings(command_line=True)]
+    assert sorted(cli.FLAGS.values()) == sorted(flagged)  # each field once, each flag once
+    assert [s for s in every if s not in flagged] == [("sharding", "tables")]  # TOML only
+    names = [*cli.FLAGS, *cli.ALIASES, *cli.SWITCHES, *cli.UNSUPPORTED]
+    assert len(names) == len(set(names))
+    assert cli.FLAGS["arch-interaction-op"] == ("model", "interaction")  # the reference's names
+    assert cli.FLAGS["data-size"] == ("data", "data_size")  # the field's name by default
+    assert cli.ALIASES == {"save-model": "checkpoint-dir", "load-model": "resume"}
+    assert cli.SWITCHES["dataset-multiprocessing"][:2] == ("preprocess-workers", 0)
+
+
+def test_help_shows_every_fields_doc_default_and_choices(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100000")  # no wrapped lines
+    entries = build_parser().format_help().split("\n  -")  # "-flag METAVAR\n   help [default]"
+    for flag, (section, key) in cli.FLAGS.items():
+        entry = " ".join(next(e for e in entries if e.startswith(f"-{flag} ")).split())
+        default = getattr(getattr(Config(), section), key)
+        shown = "-".join(map(str, default)) if isinstance(default, list) else str(default)
+        assert f"{config.field_docs(section)[key]} [{shown}]" in entry, flag
+        allowed = config.choices(section, key)
+        if allowed:
+            metavar = "{" + ",".join(str(c) if c != "" else '""' for c in allowed) + "}"
+            assert entry.startswith(f"-{flag} {metavar} "), flag
+
+
+def test_choices_are_the_fields_literal_types():
+    declared = {}
+    for section, cls in config.SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if typing.get_origin(hints[f.name]) is typing.Literal:
+                declared[(section, f.name)] = typing.get_args(hints[f.name])
+    assert config.CHOICES == declared
+    assert config.CHOICES[("model", "interaction")] == ("dot", "cat", "dcn")
+    assert config.CHOICES[("inference", "quantize_emb_with_bit")] == (4, 8, 32)
+    assert tuple(criteo.DAYS) == config.CHOICES[("data", "data_set")]
+    for arg, message in [
+        ("--arch-interaction-op=sum", "--arch-interaction-op=sum is not supported; choose one of "
+         "dot | cat | dcn"),
+        ("--quantize-mlp-with-bit=7", "--quantize-mlp-with-bit=7 is not supported; choose one of "
+         "8 | 16 | 32"),
+        ("--dist-backend=mpi", "--dist-backend=mpi is not supported; choose one of  | gloo | nccl"),
+        ("--threads=-1", "--threads must not be negative"),
+        ("--profile-steps=0", "--profile-steps must be at least 1"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError) as caught:
+            parse_args([arg])
+        assert str(caught.value) == message
+
+
+def test_shape_settings_are_the_fields_that_change_parameters():
+    assert config.SHAPE_SETTINGS == {
+        ("model", "sparse_feature_size"),
+        ("model", "embedding_sizes"),
+        ("model", "mlp_bot"),
+        ("model", "mlp_top"),
+        ("model", "interaction"),
+        ("model", "interaction_itself"),
+        ("data", "dense_features"),
+        ("optim", "optimizer"),
+    }
+
+
+def test_config_imports_no_other_project_module():
+    code = "import sys, dlrm_dist.config; print(*sorted(m for m in sys.modules if 'dlrm_' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    ours = [m for m in out.stdout.split() if m.startswith("dlrm_dist.")]
+    assert ours == ["dlrm_dist.compat", "dlrm_dist.config", "dlrm_dist.errors"]  # compat: __init__

@@ -10,11 +10,20 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist import planning
+from dlrm_dist.arch import (
+    Arch,
+    derive_arch,
+    md_solver,
+    parameter_order,
+    row_weight_parameter,
+    sharded_row_weights,
+    table_specs,
+)
 from dlrm_dist.cli import parse_args
-from dlrm_dist.embeddings import derive_features, md_solver
+from dlrm_dist.embeddings import derive_features
 from dlrm_dist.errors import ConfigError
-from dlrm_dist.init import reference_init
-from dlrm_dist.model import DLRM, derive_arch, parameter_order
+from dlrm_dist.initial_weights import reference_init
+from dlrm_dist.model import DLRM
 from dlrm_dist.train import run
 from tests.multiprocess import launch, train_many
 from tests.oracle import OracleDLRM, md_dims, oracle_kwargs, oracle_train
@@ -164,10 +173,11 @@ def test_arch_qr_md_and_learned_weights():
     ].shape == (300,)
 
 
-def _logical(name: str, value: np.ndarray) -> np.ndarray:
+def _logical(arch: Arch, name: str, value: np.ndarray) -> np.ndarray:
     """A sharded weight table (rows x 4) as the reference's weights: its column 0 (the
     other columns start at one and never train)."""
-    if ".row_weight_collection." in name:
+    weight_tables = {row_weight_parameter(arch, t) for t in table_specs(arch)}
+    if sharded_row_weights(arch) and name in weight_tables:
         assert value.shape[1] == 4
         np.testing.assert_array_equal(value[:, 1:], 1.0, err_msg=name)
         return value[:, 0]
@@ -206,7 +216,7 @@ def test_initial_weights_equal_the_references(extra):
     want = [p.detach().numpy() for p in oracle.parameters()]
     assert len(want) == len(ours)
     for (name, value), expected in zip(ours.items(), want):
-        np.testing.assert_array_equal(_logical(name, value), expected, err_msg=name)
+        np.testing.assert_array_equal(_logical(arch, name, value), expected, err_msg=name)
 
 
 SMALL = [
@@ -225,10 +235,11 @@ def _assert_parity(argv: list[str]) -> None:
     ours = run(cfg)
     want = oracle_train(**oracle_kwargs(cfg))
     np.testing.assert_allclose(ours.losses, want["losses"], rtol=1e-5)
-    names = parameter_order(derive_arch(cfg.model))
+    arch = derive_arch(cfg.model)
+    names = parameter_order(arch)
     assert len(names) == len(want["params"])
     for name, value in zip(names, want["params"]):
-        got = _logical(name, ours.final_weights[name])
+        got = _logical(arch, name, ours.final_weights[name])
         np.testing.assert_allclose(got, value, rtol=1e-4, atol=1e-5, err_msg=name)
 
 

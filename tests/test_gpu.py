@@ -22,11 +22,11 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist import inference
+from dlrm_dist.arch import derive_arch
 from dlrm_dist.checkpoint import list_checkpoints
 from dlrm_dist.cli import parse_args
 from dlrm_dist.data.sources import make_data
 from dlrm_dist.evaluation import evaluate
-from dlrm_dist.model import derive_arch
 from dlrm_dist.train import RunResult, main, run
 from tests.common import TINY_JOB, file_hashes
 from tests.fault_hooks import arm

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from dlrm_dist.arch import derive_arch, feature_names, parameter_order
 from dlrm_dist.config import ModelConfig
-from dlrm_dist.data.reference_random import RandomDataSpec, draw_batch, feature_names, to_batch
+from dlrm_dist.data.reference_random import RandomDataSpec, draw_batch, to_batch
 from dlrm_dist.errors import ConfigError
-from dlrm_dist.init import reference_init
-from dlrm_dist.model import DLRM, Interaction, derive_arch, make_loss, parameter_order
+from dlrm_dist.initial_weights import reference_init
+from dlrm_dist.model import DLRM, Interaction, make_loss
 from tests.oracle import OracleDLRM
 
 

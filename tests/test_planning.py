@@ -14,10 +14,11 @@ import pytest
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from dlrm_dist import planning
+from dlrm_dist.arch import derive_arch
 from dlrm_dist.cli import parse_args
 from dlrm_dist.data.reference_random import RandomDataSpec, draw_batch
 from dlrm_dist.errors import ConfigError
-from dlrm_dist.model import DLRM, derive_arch
+from dlrm_dist.model import DLRM
 
 ROOT = Path(__file__).resolve().parents[1]
 MLPERF = str(ROOT / "configs" / "mlperf_dcnv2.toml")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlrm_dist.arch import feature_names
 from dlrm_dist.data.random_fast import (
     FastDataSpec,
     RandomFastData,
@@ -21,7 +22,7 @@ from dlrm_dist.data.random_fast import (
     draw_slice,
     local_bounds,
 )
-from dlrm_dist.data.reference_random import RawBatch, _bag_sizes, feature_names
+from dlrm_dist.data.reference_random import RawBatch, _bag_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 C = FastDataSpec(dense_features=13, table_sizes=(100,) * 12 + (1000,) * 3)

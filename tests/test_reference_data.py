@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dlrm_dist.arch import feature_names
 from dlrm_dist.data.reference_random import (
     RandomDataSpec,
     ReferenceRandomData,
     draw_batch,
-    feature_names,
     to_batch,
 )
 from tests.oracle import seed_style_batch

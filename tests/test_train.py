@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlrm_dist.arch import (
+    dense_parameter_names,
+    derive_arch,
+    parameter_order,
+    sparse_parameter_names,
+)
 from dlrm_dist.cli import parse_args
 from dlrm_dist.errors import ConfigError
-from dlrm_dist.model import derive_arch, parameter_order
 from dlrm_dist.train import main, run
 from tests.oracle import oracle_kwargs, oracle_train
 
@@ -155,7 +160,7 @@ def test_debug_mode_prints_the_seed_document(capsys):
     # come from the stream after those 3 batches, unlike a normal run
     rs = np.random.RandomState(1)
     from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
-    from dlrm_dist.init import reference_init
+    from dlrm_dist.initial_weights import reference_init
 
     data = ReferenceRandomData(RandomDataSpec(4, (4, 3, 2)), rs, 1, 6, 0, 2)
     for j in range(3):
@@ -351,13 +356,13 @@ def test_sharded_weight_init_keeps_each_shards_own_draw_of_the_same_law():
     sharded = run(parse_args([*argv, "--weight-init=sharded"])).final_weights
     arch = derive_arch(parse_args(argv).model)
     # the MLPs: the reference's stream with no table drawn first
-    from dlrm_dist.init import reference_init
+    from dlrm_dist.initial_weights import reference_init
 
     dense = reference_init(np.random.RandomState(123), arch, tables=False)
-    assert dense and not any(name.startswith("sparse_arch.") for name in dense)
+    assert list(dense) == dense_parameter_names(arch)
     for name, want in dense.items():
         np.testing.assert_array_equal(sharded[name], want)
-    for name in (n for n in parameter_order(arch) if n.startswith("sparse_arch.")):
+    for name in sparse_parameter_names(arch):
         rows = sharded[name].shape[0]
         bound = np.sqrt(1 / rows)  # uniform(-b, b): |w| <= b, variance b^2 / 3
         assert np.abs(sharded[name]).max() <= bound * (1 + 1e-6)

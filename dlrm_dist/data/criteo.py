@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from dlrm_dist.config import DataConfig, ModelConfig
+from dlrm_dist.config import DataConfig, ModelConfig, TrainConfig, choices, flag_name
 from dlrm_dist.data import criteo_tsv as tsv
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.errors import ConfigError, DlrmDistError
@@ -73,8 +73,7 @@ from dlrm_dist.errors import ConfigError, DlrmDistError
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-DAYS = {"kaggle": 7, "terabyte": 24}
-ENCODINGS = ("vocab", "hash")
+DAYS = {"kaggle": 7, "terabyte": 24}  # per --data-set (the config's choices)
 META = "meta.json"
 SETTINGS = "settings.json"
 _HEADER_BYTES = 128  # .npy header of our (n, k) arrays: fixed, so it is rewritten in place
@@ -83,24 +82,13 @@ _MAP_ROWS = 1 << 18  # rows per block when mapping raw values to vocabulary rows
 
 @dataclass(frozen=True)
 class Settings:
-    """What the processed data depends on; a rerun or a training run must match."""
+    """What the processed data depends on; a rerun or a training run must match. Checked
+    where they come from, as [data] settings (`DataConfig.check`); the names are meta.json's."""
 
     data_set: str = "kaggle"
     cat_encoding: str = "vocab"
     max_ind_range: int = -1
     sub_sample_rate: float = 0.0
-
-    def check(self) -> None:
-        if self.data_set not in DAYS:
-            raise ConfigError(f"--data-set={self.data_set} is not supported; use kaggle | terabyte")
-        if self.cat_encoding not in ENCODINGS:
-            raise ConfigError(f"--data-cat-encoding={self.cat_encoding}: use vocab | hash")
-        if self.cat_encoding == "hash" and self.max_ind_range <= 0:
-            raise ConfigError("--data-cat-encoding=hash needs --max-ind-range > 0 (rows per table)")
-        if self.max_ind_range >= 1 << 31:
-            raise ConfigError("--max-ind-range must be below 2^31 (row ids are int32)")
-        if not 0.0 <= self.sub_sample_rate < 1.0:
-            raise ConfigError("--data-sub-sample-rate must lie in [0, 1)")
 
 
 def settings_of(cfg: DataConfig) -> Settings:
@@ -141,17 +129,15 @@ def load_meta(directory: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-_FLAGS = {
-    "data_set": "data-set",
-    "cat_encoding": "data-cat-encoding",
-    "max_ind_range": "max-ind-range",
-    "sub_sample_rate": "data-sub-sample-rate",
-}
+def _flag(key: str) -> str:
+    """The flag of a Settings field: the [data] setting of that name (sub_sample_rate's is
+    data_sub_sample_rate)."""
+    return flag_name("data", "data_sub_sample_rate" if key == "sub_sample_rate" else key)
 
 
 def check_settings(found: dict[str, Any], want: Settings, directory: Path) -> None:
     diff = [
-        f"--{_FLAGS[key]}={found.get(key)} (not {value})"
+        f"--{_flag(key)}={found.get(key)} (not {value})"
         for key, value in asdict(want).items()
         if found.get(key) != value
     ]
@@ -376,9 +362,6 @@ class Preprocessor:
         seed: int = 123,
         workers: int = 1,
     ) -> None:
-        settings.check()
-        if workers < 0:
-            raise ConfigError("--preprocess-workers must not be negative (0 = one per CPU)")
         self.settings, self.skip_bad_lines = settings, skip_bad_lines
         self.dir = Path(directory)
         self.days = DAYS[settings.data_set]
@@ -707,7 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("preprocess", help="convert the raw files (resumable)")
-    p.add_argument("--data-set", default="kaggle", choices=sorted(DAYS))
+    d = DataConfig()  # the trainer's defaults and choices; main checks the values as it does
+    p.add_argument("--data-set", default=d.data_set, choices=choices("data", "data_set"))
     p.add_argument(
         "--raw-data-file",
         required=True,
@@ -717,24 +701,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--processed-data-file", default="", help="output directory [<raw-data-file>_processed]"
     )
     p.add_argument(
-        "--max-ind-range", type=int, default=-1, help="categorical values modulo this, when > 0"
+        "--max-ind-range",
+        type=int,
+        default=d.max_ind_range,
+        help="categorical values modulo this, when > 0",
     )
     p.add_argument(
         "--data-cat-encoding",
-        default="vocab",
-        choices=ENCODINGS,
+        default=d.cat_encoding,
+        choices=choices("data", "cat_encoding"),
         help="vocab: rows of each feature's distinct values (the reference); hash: value mod "
         "--max-ind-range",
     )
     p.add_argument(
-        "--data-sub-sample-rate", type=float, default=0.0, help="drop this fraction of negatives"
+        "--data-sub-sample-rate",
+        type=float,
+        default=d.data_sub_sample_rate,
+        help="drop this fraction of negatives",
     )
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
-    p.add_argument("--numpy-rand-seed", type=int, default=123, help="seed of the sub-sampling")
+    seed = TrainConfig().numpy_rand_seed
+    p.add_argument("--numpy-rand-seed", type=int, default=seed, help="seed of the sub-sampling")
     p.add_argument(
         "--preprocess-workers",
         type=int,
-        default=1,
+        default=d.preprocess_workers,
         help="processes for the per-day work (Terabyte's parsing, every day's id mapping); "
         "0 = one per CPU, at most one per day; the output is the same",
     )
@@ -745,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = DataConfig(
+        generation="dataset",
         data_set=args.data_set,
         raw_data_file=args.raw_data_file,
         processed_data_file=args.processed_data_file,
@@ -755,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         preprocess_workers=args.preprocess_workers,
     )
     try:
+        cfg.check()
         ensure_processed(cfg, args.numpy_rand_seed)
     except DlrmDistError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

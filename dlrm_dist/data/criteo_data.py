@@ -8,14 +8,14 @@ Terabyte: days 0-22 train, day 23 test/val. The trainer evaluates on `test`, as 
 
 Shuffling (`--data-randomize`, training rows only, fixed for the run as in the reference):
 `total` permutes all training rows, `day` permutes within each day (days stay in order), `none`
-keeps the file order. The permutation is a keyed bijection of [0, n) (a 4-round Feistel
-network on the next even power of two, cycle-walking back into range), so it costs no memory
-and any rank computes any batch's rows alone; the reference draws `np.random.permutation`
-from its global stream instead, so its order (and, since that stream then seeds the weights,
-its initial weights) differ from ours when shuffling.
+keeps the file order. The permutation is a keyed bijection of [0, n) (`hashing.Bijection`, a
+4-round Feistel network on the next even power of two, cycle-walking back into range), so it
+costs no memory and any rank computes any batch's rows alone; the reference draws
+`np.random.permutation` from its global stream instead, so its order (and, since that stream
+then seeds the weights, its initial weights) differ from ours when shuffling.
 
 Global batch b holds positions [b B, (b + 1) B) of the split's order; a rank reads only rows
-[start, stop) of it (its contiguous slice, `random_fast.local_bounds`) from the memory maps, so
+[start, stop) of it (its contiguous slice, `batch_source.local_bounds`) from the memory maps, so
 concatenating the ranks' slices gives the global batch for any world size. The last batch is
 partial, like the other generators (the trainer leaves it out when the ranks cannot split it).
 
@@ -28,81 +28,31 @@ are the one-hot ones.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from torchrec.datasets.utils import Batch
 
+from dlrm_dist.arch import feature_names
+from dlrm_dist.config import choices
+from dlrm_dist.data.batch_source import BatchSource, RawBatch, local_bounds
 from dlrm_dist.data.criteo import load_meta
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
+from dlrm_dist.data.hashing import Bijection, mix64
 from dlrm_dist.data.multi_hot import MultiHot
-from dlrm_dist.data.random_fast import local_bounds
-from dlrm_dist.data.reference_random import RawBatch, feature_names, to_batch
 from dlrm_dist.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
-RANDOMIZE = ("total", "day", "none")
-_M64 = (1 << 64) - 1
+RANDOMIZE = choices("data", "data_randomize")  # total | day | none
 
 
-def _mix64(x: int) -> int:
-    """splitmix64's finalizer on a Python int (seeds the round keys)."""
-    x &= _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-class Bijection:
-    """A keyed permutation of [0, n): Feistel rounds on 2k bits (4^k >= n), each round's
-    function the splitmix64 finalizer of (half, round key); values that land >= n are
-    permuted again (cycle walking, < 4 rounds on average) until they fall inside."""
-
-    ROUNDS = 4
-
-    def __init__(self, n: int, key: int) -> None:
-        self.n = n
-        bits = max(2, (max(n, 2) - 1).bit_length())
-        self.half = (bits + 1) // 2
-        self.mask = np.uint64((1 << self.half) - 1)
-        k = _mix64(key)
-        self.keys = []
-        for _ in range(self.ROUNDS):
-            k = _mix64(k + 0x9E3779B97F4A7C15)
-            self.keys.append(np.uint64(k))
-
-    def _round(self, r: np.ndarray, key: np.uint64) -> np.ndarray:
-        z = r ^ key
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return (z ^ (z >> np.uint64(31))) & self.mask
-
-    def _once(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> np.uint64(self.half), x & self.mask
-        for key in self.keys:
-            left, right = right, left ^ self._round(right, key)
-        return (left << np.uint64(self.half)) | right
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """perm(x) for x (L,) int64 in [0, n): (L,) int64."""
-        if self.n <= 1:
-            return np.asarray(x, dtype=np.int64).copy()
-        y = self._once(np.asarray(x, dtype=np.uint64))
-        out = np.flatnonzero(y >= self.n)
-        while out.size:
-            y[out] = self._once(y[out])
-            out = out[y[out] >= self.n]
-        return y.astype(np.int64)
-
-
-class CriteoData:
+class CriteoData(BatchSource):
     """One split of the processed Criteo data as batches, this rank's slice of each.
 
     `len()` = ceil(rows / mini_batch_size) (at most num_batches when > 0); `batch_size(i)`
     the global size of batch i; `raw(i)` this rank's slice as a RawBatch: dense (n, 13) f32,
     lengths (26, n) int64 (all ones; with multi_hot_sizes k, row t all k[t]), values
-    (sum of lengths,) int64 table-major, targets (n, 1) f32.
+    (sum of lengths,) int64 table-major, targets (n, 1) f32; as TorchRec Batches (iteration),
+    KJTs keyed cat_0..cat_25.
     """
 
     def __init__(
@@ -141,15 +91,14 @@ class CriteoData:
         sizes = [hi - lo for _, lo, hi in self.segments]
         self.starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
         self.rows = int(self.starts[-1])
-        self.mini_batch_size = mini_batch_size
-        self.rank, self.world_size = rank, world_size
         full = math.ceil(self.rows / mini_batch_size)
-        self.num_batches = min(full, num_batches) if num_batches > 0 else full
-        self.keys = feature_names(NUM_SPARSE)
+        num_batches = min(full, num_batches) if num_batches > 0 else full
+        keys = feature_names(NUM_SPARSE)
+        super().__init__(keys, mini_batch_size, num_batches, self.rows, rank, world_size)
         self.randomize = randomize if split == "train" else "none"
-        self._perm_total = Bijection(self.rows, _mix64(seed) ^ 0x7074)
+        self._perm_total = Bijection(self.rows, mix64(seed) ^ 0x7074)
         self._perm_day = [
-            Bijection(n, _mix64(seed) ^ (day + 1)) for (day, _, _), n in zip(self.segments, sizes)
+            Bijection(n, mix64(seed) ^ (day + 1)) for (day, _, _), n in zip(self.segments, sizes)
         ]
         self._maps = [self._open(day) for day, _, _ in self.segments]
         self.multi_hot: MultiHot | None = None
@@ -169,13 +118,6 @@ class CriteoData:
                 raise ConfigError(f"{self.dir}/day_{day}_{what}.npy has shape {a.shape}")
             arrays.append(a)
         return arrays[0], arrays[1], arrays[2]
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def batch_size(self, index: int) -> int:
-        """Global samples in batch `index`."""
-        return min(self.mini_batch_size, self.rows - index * self.mini_batch_size)
 
     def positions(self, index: int) -> np.ndarray:
         """Rows of the split (in file order) that this rank's slice of batch `index` holds."""
@@ -219,13 +161,3 @@ class CriteoData:
         return RawBatch(
             dense=dense, lengths=lengths, values=values, targets=labels.astype(np.float32)
         )
-
-    def __iter__(self) -> Iterator[Batch]:
-        """TorchRec Batches: dense (n, 13), KJT keyed cat_0..cat_25 (one id each, or
-        multi_hot_sizes[t]), labels (n,)."""
-        return self.iter_from(0)
-
-    def iter_from(self, start: int) -> Iterator[Batch]:
-        """Batches start, start + 1, ... (a resumed run): each depends only on its index."""
-        for index in range(start, self.num_batches):
-            yield to_batch(self.raw(index), self.keys)

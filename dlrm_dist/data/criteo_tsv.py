@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrm_dist.config import CRITEO_TABLES
 from dlrm_dist.errors import ConfigError
 
 NUM_DENSE = 13  # integer features I1..I13
-NUM_SPARSE = 26  # categorical features C1..C26
+NUM_SPARSE = CRITEO_TABLES  # categorical features C1..C26 (the config's multi-hot rule reads it)
 NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
 FIELD_NAMES = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
 MAX_INT_DIGITS = 18  # fits int64

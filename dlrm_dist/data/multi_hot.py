@@ -9,7 +9,7 @@ and evaluation. We keep that contract without the table (40M rows x 100 slots is
 int64 for one of its tables): slot j of id i in table t is computed when needed, from a
 counter-based hash of (seed, t, i, j), so any rank expands only the ids of its own slice.
 
-    z = splitmix64(key_t + G * ((i << 32) + j))    key_t from (seed, t); G the golden ratio
+    z = splitmix64(key_t + G * ((i << 32) + j))    key_t = hashing.derive_key(seed, tag, t)
     u = (z >> 11) / 2^53                           uniform in [0, 1), 53 bits
     uniform  floor(u * rows_t)
     pareto   floor(X) mod rows_t, X = (1 - u)^(-1/a) - 1 = expm1(-log1p(-u) / a), a = 0.25
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dlrm_dist.data.random_fast import _BLOCK, _GOLDEN, _hash, _mix64, _unit64
+from dlrm_dist.data.hashing import BLOCK, GOLDEN, derive_key, hash_array, unit53
 
 DISTRIBUTIONS = ("uniform", "pareto")
 PARETO_A = 0.25  # MLPerf's shape parameter
@@ -57,8 +57,7 @@ class MultiHot:
         self.sizes = [int(k) for k in sizes]
         self.rows = [int(n) for n in rows]
         self.distribution = distribution
-        key = _mix64(_mix64(seed + _GOLDEN) ^ _TAG)
-        self.keys = [_mix64(key + t * _GOLDEN) for t in range(len(rows))]
+        self.keys = [derive_key(seed, _TAG, t) for t in range(len(rows))]
 
     def bags(self, table: int, ids: np.ndarray) -> np.ndarray:
         """The bags of ids (n,) (rows of `table`): (n, k) int64, column 0 the ids themselves."""
@@ -69,11 +68,11 @@ class MultiHot:
         if k == 1:
             return out
         slots = np.arange(1, k, dtype=np.uint64)
-        step = max(1, _BLOCK // (k - 1))  # samples per block: its draws stay in the L2 cache
+        step = max(1, BLOCK // (k - 1))  # samples per block: its draws stay in the L2 cache
         for lo in range(0, ids.size, step):
             z = (ids[lo : lo + step].astype(np.uint64) << np.uint64(32))[:, None] + slots
-            z *= np.uint64(_GOLDEN)
-            u = _unit64(_hash(z, key, out=z))
+            z *= np.uint64(GOLDEN)
+            u = unit53(hash_array(z, key, out=z))
             if self.distribution == "uniform":
                 u *= rows
                 draw = np.minimum(np.floor(u, out=u), rows - 1, out=u)

@@ -6,8 +6,8 @@ counter-based hash instead: a pure function of (seed, stream, batch, domain, glo
 draw slot), so any contiguous range of samples of any batch can be drawn alone, and
 concatenating the slices of ranks 0..W-1 gives the same global batch for every W.
 
-The hash is splitmix64 (Steele et al. 2014; its finalizer is a murmur3-style mixer) applied
-to `key(seed, stream, batch) + G * counter`, G the golden-ratio increment, computed
+The hash is splitmix64 (`hashing`: its finalizer is a murmur3-style mixer) applied to
+`derive_key(seed, stream, batch) + G * counter`, G the golden-ratio increment, computed
 vectorized on uint64 numpy arrays. `stream` separates train (0) from evaluation (1) data.
 A counter is `(domain << 40) + local`: domain 0 holds the dense features (local =
 sample * dense_features + feature), domain 1 the targets (local = sample), domain 2 + 2t the
@@ -41,27 +41,31 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
-from torchrec.datasets.utils import Batch
 
-from dlrm_dist.data.reference_random import RawBatch, feature_names, to_batch
+from dlrm_dist.arch import feature_names
+from dlrm_dist.data.batch_source import BatchSource, RawBatch, epoch_size, local_bounds
+from dlrm_dist.data.hashing import (
+    BLOCK,
+    GOLDEN,
+    UNIT32,
+    UNIT53,
+    derive_key,
+    hash_array,
+    mix64,
+    unit24,
+    unit53,
+)
 
 DISTRIBUTIONS = ("uniform", "gaussian", "zipf")
+DOMAIN_SHIFT = 40  # counter = (domain << 40) + local; local counters stay below 2^40
 
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_C1 = np.uint64(0xBF58476D1CE4E5B9)
-_C2 = np.uint64(0x94D049BB133111EB)
-_DOMAIN_SHIFT = 40  # local counters stay below 2^40 (checked in _Plan)
 _ZIPF_HEAD = 1024  # ranks drawn from the exact discrete CDF
 _ZIPF_MAX_ROWS = 1 << 31  # a_t * rank stays inside int64
-_F32_UNIT = np.float32(2.0**-24)
-_F64_UNIT = 2.0**-53
-_U32_UNIT = 2.0**-32
-_BLOCK = 16384  # index draws hashed and converted per block, to stay in the L2 cache
 
 
 @dataclass(frozen=True)
@@ -99,80 +103,39 @@ class FastDataSpec:
     def random_bags(self) -> bool:
         return not (self.multi_hot_sizes or self.fixed)
 
-
-def _validate(spec: FastDataSpec) -> None:
-    if spec.dist not in DISTRIBUTIONS:
-        raise ValueError(
-            f"rand_data_dist {spec.dist!r} is not supported; use uniform, gaussian or zipf"
-        )
-    if not spec.table_sizes or min(spec.table_sizes) < 1:
-        raise ValueError("table_sizes needs at least one table, each with >= 1 row")
-    if spec.num_indices_per_lookup < 1:
-        raise ValueError("num_indices_per_lookup must be at least 1")
-    if spec.multi_hot_sizes and (
-        len(spec.multi_hot_sizes) != len(spec.table_sizes) or min(spec.multi_hot_sizes) < 1
-    ):
-        raise ValueError(
-            f"multi_hot_sizes needs one positive size per table ({len(spec.table_sizes)}), "
-            f"got {spec.multi_hot_sizes}"
-        )
-    if spec.dist == "zipf":
-        if spec.zipf_exponent <= 0:
-            raise ValueError("zipf_exponent must be positive")
-        if max(spec.table_sizes) > _ZIPF_MAX_ROWS:
-            raise ValueError("zipf supports tables of at most 2^31 rows; shrink the largest")
-
-
-def _mix64(x: int) -> int:
-    """splitmix64's finalizer on a Python int: a bijection of 64-bit words."""
-    x &= _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def _batch_key(seed: int, stream: int, batch: int) -> int:
-    return _mix64(_mix64(_mix64(seed + _GOLDEN) ^ (stream & _M64)) + (batch & _M64) * _GOLDEN)
-
-
-def _hash(state: np.ndarray, key: int, out: np.ndarray | None = None) -> np.ndarray:
-    """splitmix64 outputs for the states `state + key` (state holds G * counter); into out
-    (same shape) when given, else a new array."""
-    z = np.add(state, np.uint64(key), out=out)
-    tmp = np.empty_like(z)
-    np.right_shift(z, 30, out=tmp)
-    z ^= tmp
-    z *= _C1
-    np.right_shift(z, 27, out=tmp)
-    z ^= tmp
-    z *= _C2
-    np.right_shift(z, 31, out=tmp)
-    z ^= tmp
-    return z
-
-
-def _unit64(z: np.ndarray) -> np.ndarray:
-    """Doubles in [0, 1) from the top 53 bits."""
-    u = (z >> 11).astype(np.float64)
-    u *= _F64_UNIT
-    return u
-
-
-def _unit32(z: np.ndarray) -> np.ndarray:
-    """float32 in [0, 1) from the top 24 bits (exact, so never rounds up to 1)."""
-    u = (z >> 40).astype(np.float32)
-    u *= _F32_UNIT
-    return u
+    def validate(self) -> None:
+        """Raises ValueError, saying what to change, unless this spec can be drawn."""
+        if self.dist not in DISTRIBUTIONS:
+            raise ValueError(
+                f"rand_data_dist {self.dist!r} is not supported; use uniform, gaussian or zipf"
+            )
+        if not self.table_sizes or min(self.table_sizes) < 1:
+            raise ValueError("table_sizes needs at least one table, each with >= 1 row")
+        if self.num_indices_per_lookup < 1:
+            raise ValueError("num_indices_per_lookup must be at least 1")
+        if self.multi_hot_sizes and (
+            len(self.multi_hot_sizes) != len(self.table_sizes) or min(self.multi_hot_sizes) < 1
+        ):
+            raise ValueError(
+                f"multi_hot_sizes needs one positive size per table ({len(self.table_sizes)}), "
+                f"got {self.multi_hot_sizes}"
+            )
+        if self.dist == "zipf":
+            if self.zipf_exponent <= 0:
+                raise ValueError("zipf_exponent must be positive")
+            if max(self.table_sizes) > _ZIPF_MAX_ROWS:
+                raise ValueError("zipf supports tables of at most 2^31 rows; shrink the largest")
 
 
 def _weyl(domain: int, local: np.ndarray) -> np.ndarray:
     """G * ((domain << 40) + local) mod 2^64, the counter part of splitmix64's state."""
-    ctr = local.astype(np.uint64) + np.uint64(domain << _DOMAIN_SHIFT)
-    return ctr * np.uint64(_GOLDEN)
+    ctr = local.astype(np.uint64) + np.uint64(domain << DOMAIN_SHIFT)
+    return ctr * np.uint64(GOLDEN)
 
 
-class _Zipf:
-    """Per-table constants of the zipf sampler (see the module docstring)."""
+class ZipfLaw:
+    """Per-table constants of the zipf sampler (see the module docstring); the torch
+    sampler's (`random_fast_torch`) too."""
 
     def __init__(self, spec: FastDataSpec, seed: int) -> None:
         s = spec.zipf_exponent
@@ -192,9 +155,9 @@ class _Zipf:
         self.total = np.asarray(total)  # (F,) normalizer of each table's law
         self.rows = rows
         self.mult = np.asarray([_coprime_near(n) for n in rows.tolist()], dtype=np.int64)
-        key = _mix64(seed ^ 0x5A1F)
+        key = mix64(seed ^ 0x5A1F)
         self.shift = np.asarray(
-            [_mix64(key + t) % n for t, n in enumerate(rows.tolist())], dtype=np.int64
+            [mix64(key + t) % n for t, n in enumerate(rows.tolist())], dtype=np.int64
         )
 
     def ranks(self, u: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -219,6 +182,9 @@ class _Zipf:
         return (self.mult[table] * rank + self.shift[table]) % n
 
 
+_Zipf = ZipfLaw  # the tests' name for it
+
+
 def _coprime_near(n: int) -> int:
     a = max(1, int(n * 0.6180339887498949))
     while math.gcd(a, n) != 1:
@@ -237,11 +203,11 @@ class _Plan:
     """
 
     def __init__(self, spec: FastDataSpec, seed: int, start: int, stop: int) -> None:
-        _validate(spec)
+        spec.validate()
         self.spec, self.n = spec, stop - start
         n, m, nt = self.n, spec.dense_features, len(spec.table_sizes)
         widths = np.asarray(spec.bag_widths(), dtype=np.int64)
-        if stop * max(int(widths.max()), m, 1) >= 1 << _DOMAIN_SHIFT:
+        if stop * max(int(widths.max()), m, 1) >= 1 << DOMAIN_SHIFT:
             raise ValueError(f"batch of {stop} samples is too large for random-fast; shrink it")
         samples = np.arange(start, stop, dtype=np.int64)
         parts = [_weyl(0, (samples[:, None] * m + np.arange(m)).reshape(-1)), _weyl(1, samples)]
@@ -249,12 +215,12 @@ class _Plan:
         # bag b = (t, i) owns slots (domain 3 + 2t, i * w_t + j), j < w_t
         bag_base = [_weyl(3 + 2 * t, samples * w) for t, w in enumerate(widths.tolist())]
         rows = np.asarray(spec.table_sizes, dtype=np.int64)
-        self.scale = (rows - 1).astype(np.float64) * _F64_UNIT  # uniform: u53 -> index
+        self.scale = (rows - 1).astype(np.float64) * UNIT53  # uniform: u53 -> index
         if spec.random_bags:
             parts += [_weyl(2 + 2 * t, samples) for t in range(nt)]
             self.bag_base = np.concatenate(bag_base)  # (F * n,)
-            self.caps = np.repeat(widths * _F64_UNIT, n)  # (F * n,) cap * 2^-53
-            self.slot_state = np.arange(n * widths.sum(), dtype=np.uint64) * np.uint64(_GOLDEN)
+            self.caps = np.repeat(widths * UNIT53, n)  # (F * n,) cap * 2^-53
+            self.slot_state = np.arange(n * widths.sum(), dtype=np.uint64) * np.uint64(GOLDEN)
         else:
             self.value_state = np.concatenate(
                 [
@@ -266,13 +232,13 @@ class _Plan:
             self.table = np.repeat(np.arange(nt), widths * n)  # table of each value
             self.value_scale = self.scale[self.table]
         self.state = np.concatenate(parts)
-        self.zipf = _Zipf(spec, seed) if spec.dist == "zipf" else None
+        self.zipf = ZipfLaw(spec, seed) if spec.dist == "zipf" else None
         self.mu = (spec.rmax + spec.rmin) / 2.0 if spec.mu == -1 else spec.mu
 
     def draw(self, key: int) -> RawBatch:
         spec, n = self.spec, self.n
-        z = _hash(self.state, key)
-        floats = _unit32(z[: self.targets_end])
+        z = hash_array(self.state, key)
+        floats = unit24(z[: self.targets_end])
         dense = floats[: self.dense_end].reshape(n, spec.dense_features)
         targets = floats[self.dense_end :].reshape(n, 1)
         if spec.round_targets:
@@ -305,11 +271,11 @@ class _Plan:
         """Indices (L,) int64 of the index draws with hash states state + key (L,), table-major;
         table (L,) the table of each (zipf), scale (L,) (rows - 1) * 2^-53 (uniform)."""
         out = np.empty(state.size, dtype=np.int64)
-        size = min(state.size, _BLOCK)
+        size = min(state.size, BLOCK)
         z, u = np.empty(size, dtype=np.uint64), np.empty(size, dtype=np.float64)
-        for lo in range(0, state.size, _BLOCK):
-            hi = min(lo + _BLOCK, state.size)
-            zb = _hash(state[lo:hi], key, out=z[: hi - lo])
+        for lo in range(0, state.size, BLOCK):
+            hi = min(lo + BLOCK, state.size)
+            zb = hash_array(state[lo:hi], key, out=z[: hi - lo])
             if self.spec.dist == "uniform":
                 assert scale is not None
                 ub = u[: hi - lo]
@@ -326,13 +292,13 @@ class _Plan:
         """Gaussian or zipf indices (L,) from hashes z (L,) of tables `table` (L,)."""
         spec = self.spec
         if spec.dist == "gaussian":
-            u1 = (z >> 32).astype(np.float64) * _U32_UNIT
-            u2 = (z & np.uint64(0xFFFFFFFF)).astype(np.float64) * _U32_UNIT
+            u1 = (z >> 32).astype(np.float64) * UNIT32
+            u2 = (z & np.uint64(0xFFFFFFFF)).astype(np.float64) * UNIT32
             normal = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
             x = np.clip(self.mu + spec.sigma * normal, spec.rmin, spec.rmax)
             return x.astype(np.int64)
         assert self.zipf is not None and table is not None
-        return self.zipf.rows_of(self.zipf.ranks(_unit64(z), table), table)
+        return self.zipf.rows_of(self.zipf.ranks(unit53(z), table), table)
 
 
 @functools.lru_cache(maxsize=16)
@@ -348,30 +314,43 @@ def draw_slice(
     The same samples come out whatever range they are drawn in."""
     if not 0 <= start < stop:
         raise ValueError(f"sample range [{start}, {stop}) must be non-empty, from 0 up")
-    return _plan(spec, seed, start, stop).draw(_batch_key(seed, stream, batch))
+    return _plan(spec, seed, start, stop).draw(derive_key(seed, stream, batch))
 
 
-def local_bounds(global_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """This rank's contiguous [start, stop) of a global batch of global_size samples."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside [0, {world_size}): check RANK and WORLD_SIZE")
-    if global_size % world_size:
-        raise ValueError(
-            f"a batch of {global_size} samples does not split evenly over {world_size} ranks: "
-            f"make the batch size (and data_size's last partial batch) a multiple of {world_size}"
-        )
-    size = global_size // world_size
-    return rank * size, (rank + 1) * size
+P = TypeVar("P")
 
 
-class RandomFastData:
+class SlicePlans(Generic[P]):
+    """A source's plans of this rank's slice, one per global batch size (the full one, and a
+    partial last one): `make(start, stop)` for its slice [start, stop). Both are made here,
+    so a bad split of the full batch fails at once; a partial last batch the world size
+    does not divide fails only if drawn (the trainer leaves it out: sources.usable_batches).
+    """
+
+    def __init__(self, source: BatchSource, make: Callable[[int, int], P]) -> None:
+        self.rank, self.world_size, self.make = source.rank, source.world_size, make
+        self.plans: dict[int, P] = {}
+        if source.num_batches > 0:
+            self(source.batch_size(0))
+            last = source.batch_size(source.num_batches - 1)
+            if last % source.world_size == 0:
+                self(last)
+
+    def __call__(self, size: int) -> P:
+        """The plan of this rank's slice of a global batch of `size` samples."""
+        if size not in self.plans:
+            self.plans[size] = self.make(*local_bounds(size, self.rank, self.world_size))
+        return self.plans[size]
+
+
+class RandomFastData(BatchSource):
     """An epoch of random-fast batches, this rank's slice of each.
 
     `num_batches > 0` gives that many full batches; otherwise ceil(data_size /
     mini_batch_size), the last one partial, as `reference_random.ReferenceRandomData`.
-    Every (global batch size, slice) is planned here, so a bad split of the full batch
-    fails at once; a partial last batch the world size does not divide fails only if
-    drawn (the trainer leaves it out: see train.usable_batches).
+    Every (global batch size, slice) is planned here (`SlicePlans`), so a bad split of the
+    full batch fails at once. Batches are TorchRec Batches: dense (n, m), KJT keyed
+    feature_names(F), labels (n,); batch b depends only on (seed, stream, b).
     """
 
     def __init__(
@@ -385,48 +364,15 @@ class RandomFastData:
         data_size: int = 0,
         stream: int = 0,
     ) -> None:
+        keys = feature_names(len(spec.table_sizes))
+        epoch = epoch_size(num_batches, data_size, mini_batch_size)
+        super().__init__(keys, mini_batch_size, *epoch, rank, world_size)
         self.spec, self.seed, self.stream = spec, seed, stream
-        self.mini_batch_size = mini_batch_size
-        if num_batches > 0:
-            self.num_batches = num_batches
-            self.data_size = num_batches * mini_batch_size
-        else:
-            self.num_batches = math.ceil(data_size / mini_batch_size)
-            self.data_size = data_size
-        self.keys = feature_names(len(spec.table_sizes))
-        self.rank, self.world_size = rank, world_size
-        self._plans: dict[int, _Plan] = {}  # per global batch size: full, partial last
-        if self.num_batches > 0:
-            self._plan(self.batch_size(0))
-            last = self.batch_size(self.num_batches - 1)
-            if last % world_size == 0:
-                self._plan(last)
-
-    def _plan(self, size: int) -> _Plan:
-        if size not in self._plans:
-            bounds = local_bounds(size, self.rank, self.world_size)
-            self._plans[size] = _Plan(self.spec, self.seed, *bounds)
-        return self._plans[size]
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def batch_size(self, index: int) -> int:
-        """Global samples in batch `index`."""
-        return min(self.mini_batch_size, self.data_size - index * self.mini_batch_size)
+        self._plans = SlicePlans(self, functools.partial(_Plan, spec, seed))
 
     def raw(self, index: int) -> RawBatch:
         """This rank's slice of global batch `index`, n = batch_size(index) / world_size
         samples: dense (n, m) f32, lengths (F, n) int64, values (sum of lengths,) int64,
         targets (n, 1) f32."""
-        plan = self._plan(self.batch_size(index))
-        return plan.draw(_batch_key(self.seed, self.stream, index))
-
-    def __iter__(self) -> Iterator[Batch]:
-        """TorchRec Batches: dense (n, m), KJT keyed feature_names(F), labels (n,)."""
-        return self.iter_from(0)
-
-    def iter_from(self, start: int) -> Iterator[Batch]:
-        """Batches start, start + 1, ... (a resumed run): each depends only on its index."""
-        for index in range(start, self.num_batches):
-            yield to_batch(self.raw(index), self.keys)
+        plan = self._plans(self.batch_size(index))
+        return plan.draw(derive_key(self.seed, self.stream, index))

@@ -4,8 +4,9 @@ At ~2M samples/s x 214 ids per sample a GPU outruns any numpy generator on the h
 cores, so this module draws the same samples with torch tensors on the training device:
 `draw_slice_torch` and `TorchRandomFastData` are `random_fast.draw_slice` and
 `RandomFastData` with a `device`, and give exactly the same dense features, bag sizes,
-indices and targets (see `random_fast` for what they are). The constants (FastDataSpec,
-the counter layout, `_batch_key`, the zipf laws of `_Zipf`, `local_bounds`) come from there.
+indices and targets (see `random_fast` for what they are). FastDataSpec, the counter layout
+(DOMAIN_SHIFT), the zipf laws (`ZipfLaw`) and the per-size plans (`SlicePlans`) come from
+there; the hash's constants and the batch keys (`derive_key`) from `hashing`.
 
 How numpy's uint64 arithmetic becomes torch's:
   words      int64 tensors holding the same 64 bits (two's complement): addition and
@@ -45,7 +46,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,34 +54,24 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlrm_dist.data.random_fast import (
-    _DOMAIN_SHIFT,
-    _F64_UNIT,
-    _GOLDEN,
-    _M64,
-    _U32_UNIT,
-    FastDataSpec,
-    _batch_key,
-    _validate,
-    _Zipf,
-    local_bounds,
-)
-from dlrm_dist.data.reference_random import RawBatch, feature_names
+from dlrm_dist.arch import feature_names
+from dlrm_dist.data.batch_source import BatchSource, RawBatch, epoch_size
+from dlrm_dist.data.hashing import GOLDEN, MASK64, MIX1, MIX2, UNIT24, UNIT32, UNIT53, derive_key
+from dlrm_dist.data.random_fast import DOMAIN_SHIFT, FastDataSpec, SlicePlans, ZipfLaw
 
 _TOL = 2.0**-44  # exact=True: relative distance to a rounding boundary recomputed by numpy
 _INT_SAFE = 2.0**62  # zipf tail floats at or above it (or NaN) do not fit int64 ranks
-_F32_UNIT = 2.0**-24
 
 
 def _signed(word: int) -> int:
     """The int64 with the same 64 bits as the unsigned word (two's complement)."""
-    word &= _M64
+    word &= MASK64
     return word - (1 << 64) if word >> 63 else word
 
 
-_G = _signed(_GOLDEN)
-_C1 = _signed(0xBF58476D1CE4E5B9)
-_C2 = _signed(0x94D049BB133111EB)
+_G = _signed(GOLDEN)
+_C1 = _signed(MIX1)
+_C2 = _signed(MIX2)
 
 
 def _srl(z: torch.Tensor, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,7 +82,7 @@ def _srl(z: torch.Tensor, k: int, out: torch.Tensor | None = None) -> torch.Tens
 
 def _hash(state: torch.Tensor, key: int) -> torch.Tensor:
     """splitmix64 outputs (L,) int64 of the states state + key (L,), key a signed word:
-    random_fast._hash in place on one temporary."""
+    hashing.hash_array in place on one temporary."""
     z = state + key
     tmp = torch.empty_like(z)
     z ^= _srl(z, 30, out=tmp)
@@ -102,14 +93,14 @@ def _hash(state: torch.Tensor, key: int) -> torch.Tensor:
     return z
 
 
-def _unit64(z: torch.Tensor) -> torch.Tensor:
+def _unit53(z: torch.Tensor) -> torch.Tensor:
     """Doubles in [0, 1) from the top 53 bits (exact)."""
-    return _srl(z, 11).to(torch.float64).mul_(_F64_UNIT)
+    return _srl(z, 11).to(torch.float64).mul_(UNIT53)
 
 
 def _weyl(domain: int, local: torch.Tensor) -> torch.Tensor:
     """G * ((domain << 40) + local) mod 2^64, local (L,) int64: the counter part of a state."""
-    return (local + _signed(domain << _DOMAIN_SHIFT)) * _G
+    return (local + _signed(domain << DOMAIN_SHIFT)) * _G
 
 
 @dataclass
@@ -147,7 +138,7 @@ class TorchRawBatch:
 
 
 class _Indices:
-    """Index draws from hashes, per distribution; the zipf constants come from _Zipf.
+    """Index draws from hashes, per distribution; the zipf constants come from ZipfLaw.
 
     With `exact`, values whose float lands within _TOL of a rounding boundary are redone on
     the host by numpy (see the module docstring): their device and numpy floats may differ
@@ -157,7 +148,7 @@ class _Indices:
     def __init__(self, spec: FastDataSpec, seed: int, device: torch.device, exact: bool):
         self.spec, self.exact = spec, exact
         self.mu = (spec.rmax + spec.rmin) / 2.0 if spec.mu == -1 else spec.mu
-        self.zipf = _Zipf(spec, seed) if spec.dist == "zipf" else None
+        self.zipf = ZipfLaw(spec, seed) if spec.dist == "zipf" else None
         if self.zipf is not None:
             zipf = self.zipf
             on = functools.partial(torch.as_tensor, device=device)
@@ -175,14 +166,14 @@ class _Indices:
         if self.spec.dist == "gaussian":
             return self.gaussian(z)
         assert table is not None
-        return self.zipf_rows(_unit64(z), table)
+        return self.zipf_rows(_unit53(z), table)
 
     def gaussian(self, z: torch.Tensor) -> torch.Tensor:
         """trunc(clip(mu + sigma * N(0, 1))) (L,) of hashes z (L,): Box-Muller on the two
         32-bit halves, the same expression in the same order as random_fast's."""
         spec = self.spec
-        u1 = _srl(z, 32).to(torch.float64).mul_(_U32_UNIT)
-        u2 = (z & 0xFFFFFFFF).to(torch.float64).mul_(_U32_UNIT)
+        u1 = _srl(z, 32).to(torch.float64).mul_(UNIT32)
+        u2 = (z & 0xFFFFFFFF).to(torch.float64).mul_(UNIT32)
         normal = torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos((2.0 * math.pi) * u2)
         spread = spec.sigma * normal
         x = self.mu + spread
@@ -194,7 +185,7 @@ class _Indices:
 
     def zipf_rows(self, u: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Rows (L,) of the zipf draws of uniforms u (L,) f64 in tables `table` (L,):
-        _Zipf.ranks then _Zipf.rows_of, as tensor ops."""
+        ZipfLaw.ranks then ZipfLaw.rows_of, as tensor ops."""
         assert self.zipf is not None
         zipf = self.zipf
         v = u * self.total[table]
@@ -238,14 +229,14 @@ def _numpy_gaussian(z: torch.Tensor, spec: FastDataSpec, mu: float) -> np.ndarra
     """random_fast's gaussian indices (L,) of hashes z (L,), computed by numpy on the host
     with the same expression (random_fast._Plan._other)."""
     w = z.cpu().numpy().view(np.uint64)
-    u1 = (w >> np.uint64(32)).astype(np.float64) * _U32_UNIT
-    u2 = (w & np.uint64(0xFFFFFFFF)).astype(np.float64) * _U32_UNIT
+    u1 = (w >> np.uint64(32)).astype(np.float64) * UNIT32
+    u2 = (w & np.uint64(0xFFFFFFFF)).astype(np.float64) * UNIT32
     normal = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
     return np.clip(mu + spec.sigma * normal, spec.rmin, spec.rmax).astype(np.int64)
 
 
-def _numpy_zipf(zipf: _Zipf, u: torch.Tensor, table: torch.Tensor) -> np.ndarray:
-    """random_fast's zipf rows (L,) of uniforms u (L,) in tables `table` (L,), by _Zipf."""
+def _numpy_zipf(zipf: ZipfLaw, u: torch.Tensor, table: torch.Tensor) -> np.ndarray:
+    """random_fast's zipf rows (L,) of uniforms u (L,) in tables `table` (L,), by ZipfLaw."""
     u_np, t_np = u.cpu().numpy(), table.cpu().numpy()
     return zipf.rows_of(zipf.ranks(u_np, t_np), t_np)
 
@@ -268,11 +259,11 @@ class _Plan:
         device: torch.device,
         exact: bool,
     ) -> None:
-        _validate(spec)
+        spec.validate()
         self.spec, self.n = spec, stop - start
         n, m, nt = self.n, spec.dense_features, len(spec.table_sizes)
         widths = spec.bag_widths()
-        if stop * max(max(widths), m, 1) >= 1 << _DOMAIN_SHIFT:
+        if stop * max(max(widths), m, 1) >= 1 << DOMAIN_SHIFT:
             raise ValueError(f"batch of {stop} samples is too large for random-fast; shrink it")
         ints = functools.partial(torch.arange, dtype=torch.int64, device=device)
         samples = ints(start, stop)
@@ -281,12 +272,12 @@ class _Plan:
         # bag (t, i) owns slots (domain 3 + 2t, i * w_t + j), j < w_t
         bag_base = [_weyl(3 + 2 * t, samples * w) for t, w in enumerate(widths)]
         rows = torch.tensor(spec.table_sizes, dtype=torch.float64, device=device)
-        self.scale = (rows - 1) * _F64_UNIT  # (F,) uniform: u53 -> index
+        self.scale = (rows - 1) * UNIT53  # (F,) uniform: u53 -> index
         width = torch.tensor(widths, dtype=torch.int64, device=device)
         if spec.random_bags:
             parts += [_weyl(2 + 2 * t, samples) for t in range(nt)]
             self.bag_base = torch.cat(bag_base)  # (F * n,)
-            self.caps = (width.to(torch.float64) * _F64_UNIT).repeat_interleave(n)  # (F * n,)
+            self.caps = (width.to(torch.float64) * UNIT53).repeat_interleave(n)  # (F * n,)
             self.slot_state = ints(n * sum(widths)) * _G
         else:
             self.value_state = torch.cat(
@@ -300,10 +291,10 @@ class _Plan:
         self.indices = _Indices(spec, seed, device, exact)
 
     def draw(self, key: int) -> TorchRawBatch:
-        """The samples of the batch whose key (random_fast._batch_key) is `key`."""
+        """The samples of the batch whose key (hashing.derive_key) is `key`."""
         spec, n, key = self.spec, self.n, _signed(key)
         z = _hash(self.state, key)
-        floats = _srl(z[: self.targets_end], 40).to(torch.float32).mul_(_F32_UNIT)
+        floats = _srl(z[: self.targets_end], 40).to(torch.float32).mul_(UNIT24)
         dense = floats[: self.dense_end].view(n, spec.dense_features)
         targets = floats[self.dense_end :].view(n, 1)
         if spec.round_targets:
@@ -361,10 +352,10 @@ def draw_slice_torch(
     if not 0 <= start < stop:
         raise ValueError(f"sample range [{start}, {stop}) must be non-empty, from 0 up")
     plan = _plan(spec, seed, start, stop, torch.device(device), exact)
-    return plan.draw(_batch_key(seed, stream, batch))
+    return plan.draw(derive_key(seed, stream, batch))
 
 
-class TorchRandomFastData:
+class TorchRandomFastData(BatchSource):
     """random_fast.RandomFastData drawn on `device`: the same batches, this rank's slice of
     each, as TorchRec Batches of device tensors (see there for num_batches and data_size)."""
 
@@ -381,48 +372,20 @@ class TorchRandomFastData:
         device: torch.device | str = "cpu",
         exact: bool = True,
     ) -> None:
+        keys = feature_names(len(spec.table_sizes))
+        epoch = epoch_size(num_batches, data_size, mini_batch_size)
+        super().__init__(keys, mini_batch_size, *epoch, rank, world_size)
         self.spec, self.seed, self.stream = spec, seed, stream
         self.device, self.exact = torch.device(device), exact
-        self.mini_batch_size = mini_batch_size
-        if num_batches > 0:
-            self.num_batches = num_batches
-            self.data_size = num_batches * mini_batch_size
-        else:
-            self.num_batches = math.ceil(data_size / mini_batch_size)
-            self.data_size = data_size
-        self.keys = feature_names(len(spec.table_sizes))
-        self.rank, self.world_size = rank, world_size
-        self._plans: dict[int, _Plan] = {}  # per global batch size: full, partial last
-        if self.num_batches > 0:
-            self._plan(self.batch_size(0))
-            last = self.batch_size(self.num_batches - 1)
-            if last % world_size == 0:
-                self._plan(last)
+        make = functools.partial(_Plan, spec, seed, device=self.device, exact=exact)
+        self._plans = SlicePlans(self, make)
 
-    def _plan(self, size: int) -> _Plan:
-        if size not in self._plans:
-            start, stop = local_bounds(size, self.rank, self.world_size)
-            self._plans[size] = _Plan(self.spec, self.seed, start, stop, self.device, self.exact)
-        return self._plans[size]
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def batch_size(self, index: int) -> int:
-        """Global samples in batch `index`."""
-        return min(self.mini_batch_size, self.data_size - index * self.mini_batch_size)
-
-    def raw(self, index: int) -> TorchRawBatch:
+    def raw(self, index: int) -> TorchRawBatch:  # type: ignore[override]  # tensors, not numpy
         """This rank's slice of global batch `index` on the device, n = batch_size(index) /
         world_size samples (shapes as TorchRawBatch)."""
-        plan = self._plan(self.batch_size(index))
-        return plan.draw(_batch_key(self.seed, self.stream, index))
+        plan = self._plans(self.batch_size(index))
+        return plan.draw(derive_key(self.seed, self.stream, index))
 
-    def __iter__(self) -> Iterator[Batch]:
-        """TorchRec Batches: dense (n, m), KJT keyed feature_names(F), labels (n,)."""
-        return self.iter_from(0)
-
-    def iter_from(self, start: int) -> Iterator[Batch]:
-        """Batches start, start + 1, ... (a resumed run): each depends only on its index."""
-        for index in range(start, self.num_batches):
-            yield self.raw(index).to_batch(self.keys)
+    def batch(self, index: int) -> Batch:
+        """TorchRec Batch on the device: dense (n, m), KJT keyed feature_names(F), labels (n,)."""
+        return self.raw(index).to_batch(self.keys)

@@ -16,13 +16,13 @@ mode keeps a scalar loop over bags, and the dedup is vectorized in both.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlrm_dist.arch import feature_names
+from dlrm_dist.data.batch_source import BatchSource, RawBatch, epoch_size, to_batch
 
 
 @dataclass(frozen=True)
@@ -39,43 +39,6 @@ class RandomDataSpec:
     mu: float = -1.0
     sigma: float = 1.0
     round_targets: bool = False
-
-
-@dataclass
-class RawBatch:
-    """One batch as numpy arrays: dense (n, m_den) f32, lengths (F, n) int64 (bag sizes,
-    table-major), values (sum of lengths,) int64 (indices, table-major), targets (n, 1) f32."""
-
-    dense: np.ndarray
-    lengths: np.ndarray
-    values: np.ndarray
-    targets: np.ndarray
-
-    def indices(self) -> list[np.ndarray]:
-        """Per-table indices, the reference's `lS_i`."""
-        return np.split(self.values, np.cumsum(self.lengths.sum(axis=1))[:-1])
-
-    def slice(self, start: int, stop: int) -> RawBatch:
-        """Samples [start, stop) of every table: one rank's share of a global batch."""
-        sizes = self.lengths.sum(axis=1)
-        table_starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        before = self.lengths[:, :start].sum(axis=1)
-        within = self.lengths[:, start:stop].sum(axis=1)
-        parts = [self.values[b : b + n] for b, n in zip(table_starts + before, within)]
-        return RawBatch(
-            self.dense[start:stop],
-            self.lengths[:, start:stop],
-            np.concatenate(parts) if parts else self.values[:0],
-            self.targets[start:stop],
-        )
-
-    def offsets(self) -> list[np.ndarray]:
-        """Per-table bag start offsets (n,), the reference's `lS_o`."""
-        return [np.concatenate(([0], np.cumsum(ln)[:-1])).astype(np.int64) for ln in self.lengths]
-
-
-def feature_names(num_tables: int) -> list[str]:
-    return [f"cat_{i}" for i in range(num_tables)]
 
 
 def draw_batch(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> RawBatch:
@@ -205,27 +168,15 @@ def _draw_gaussian(rs: np.random.RandomState, spec: RandomDataSpec, n: int) -> R
     return RawBatch(dense, np.stack(lengths), np.concatenate(values), targets)
 
 
-def to_batch(raw: RawBatch, keys: list[str]) -> Batch:
-    """RawBatch -> TorchRec Batch: dense (n, m_den), KJT with one key per table, labels (n,)."""
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=keys,
-        values=torch.from_numpy(raw.values),
-        lengths=torch.from_numpy(raw.lengths.reshape(-1)),
-    )
-    return Batch(
-        dense_features=torch.from_numpy(raw.dense),
-        sparse_features=kjt,
-        labels=torch.from_numpy(raw.targets.reshape(-1)),
-    )
-
-
-class ReferenceRandomData:
+class ReferenceRandomData(BatchSource):
     """The reference's RandomDataset + DataLoader: `len()` batches, reseeded at batch 0.
 
     `rs` is shared with whatever else draws from the reference's global stream (weight
     init, the evaluation data), so their interleaving matches the reference. Under
     several ranks every rank draws the whole global batch (the stream is sequential)
-    and iterates over its own contiguous slice.
+    and iterates over its own contiguous slice. So batches come right only in order:
+    `iter_from(start)` continues mid-epoch, but past batch 0 nothing reseeds, and rs must
+    already hold the state the reference's stream had there (the checkpoint restores it).
     """
 
     def __init__(
@@ -239,38 +190,21 @@ class ReferenceRandomData:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        keys = feature_names(len(spec.table_sizes))
+        epoch = epoch_size(num_batches, data_size, mini_batch_size)
+        super().__init__(keys, mini_batch_size, *epoch, rank, world_size)
         self.spec, self.rs, self.seed = spec, rs, seed
-        self.rank, self.world_size = rank, world_size
-        self.mini_batch_size = mini_batch_size
-        if num_batches != 0:
-            self.num_batches = num_batches
-            self.data_size = num_batches * mini_batch_size
-        else:
-            self.num_batches = math.ceil(data_size / mini_batch_size)
-            self.data_size = data_size
-        self.keys = feature_names(len(spec.table_sizes))
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def batch_size(self, index: int) -> int:
-        return min(self.mini_batch_size, self.data_size - index * self.mini_batch_size)
 
     def raw(self, index: int) -> RawBatch:
+        """The whole global batch `index`, the next draws of rs (reseeded at batch 0)."""
         if index == 0:
             self.rs.seed(self.seed)
         return draw_batch(self.rs, self.spec, self.batch_size(index))
 
-    def __iter__(self):
-        return self.iter_from(0)
-
-    def iter_from(self, start: int):
-        """Batches start, start + 1, ...: a resumed run continues mid-epoch. Past batch 0
-        nothing reseeds, so rs must already hold the state the reference's stream had
-        there (the checkpoint restores it)."""
-        for index in range(start, self.num_batches):
-            raw = self.raw(index)
-            if self.world_size > 1:
-                n = raw.targets.shape[0] // self.world_size
-                raw = raw.slice(self.rank * n, (self.rank + 1) * n)
-            yield to_batch(raw, self.keys)
+    def batch(self, index: int) -> Batch:
+        """This rank's slice of global batch `index`, drawn whole (see the class docstring)."""
+        raw = self.raw(index)
+        if self.world_size > 1:
+            n = raw.targets.shape[0] // self.world_size
+            raw = raw.slice(self.rank * n, (self.rank + 1) * n)
+        return to_batch(raw, self.keys)

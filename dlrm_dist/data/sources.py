@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from dlrm_dist.arch import Arch
 from dlrm_dist.config import Config
 from dlrm_dist.data import criteo
 from dlrm_dist.data.criteo_data import CriteoData
 from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData
+from dlrm_dist.data.random_fast_torch import TorchRandomFastData
 from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
-from dlrm_dist.model import Arch
 
 
 def make_data(
@@ -26,12 +27,15 @@ def make_data(
     eval_set: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    device: torch.device | None = None,
 ):
     """This rank's slice of each global batch of the train (or eval) data.
 
     `random`: the reference's generator, drawn from rs (the reference's global stream,
     shared with the initial weights and the other set) whole on every rank. `random-fast`:
-    each rank draws only its slice; batch b depends only on the seed, the set and b.
+    each rank draws only its slice; batch b depends only on the seed, the set and b; with a
+    CUDA `device`, drawn there by the same generator in torch (the same numbers, no host
+    cores in the way of a GPU's rate).
     `dataset`: the processed Criteo data's train (or test) split, each rank reading its
     slice (`dataset_tables` has preprocessed it and taken the tables from it), its ids
     expanded into bags when multi_hot_sizes are given."""
@@ -70,9 +74,10 @@ def make_data(
         spec = FastDataSpec(
             **common, zipf_exponent=d.zipf_exponent, multi_hot_sizes=tuple(d.multi_hot_sizes)
         )
-        return RandomFastData(
-            spec, seed, d.num_batches, batch, rank, world_size, d.data_size, int(eval_set)
-        )
+        args = (spec, seed, d.num_batches, batch, rank, world_size, d.data_size, int(eval_set))
+        if device is not None and device.type == "cuda":
+            return TorchRandomFastData(*args, device=device)
+        return RandomFastData(*args)
     spec = RandomDataSpec(**common)
     return ReferenceRandomData(spec, rs, seed, d.data_size, d.num_batches, batch, rank, world_size)
 
