@@ -30,8 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
 
-from dlrm_dist.data.criteo import Preprocessor, Settings  # noqa: E402
+from dlrm_dist.data.criteo import Preprocessor  # noqa: E402
 from dlrm_dist.data.criteo_data import CriteoData  # noqa: E402
+from dlrm_dist.data.criteo_files import Settings  # noqa: E402
 
 
 def generate(path: Path, lines: int) -> None:

@@ -20,7 +20,9 @@ time budget (scripts/gpu_check.sh) keeps the finished ones:
    the embedding bytes moved per second as a share of the H200's 4.8 TB/s (bytes per step =
    lookups x row bytes x 3 (forward read, update read + write) + lookups x 8 (row-wise state
    read + write)).
-2. The same with fp16 tables (when 1 ran fp32), and without the pipeline (the plain loop).
+2. One change at a time against 1: the data drawn on the host by numpy instead of on the
+   GPU (`--random-fast-draw-on=host`), fp16 tables (when 1 ran fp32), TF32 matmuls
+   (`--tf32`), bf16 MLPs and interaction (`--dense-precision=bf16`), no pipeline.
 3. The seed's config C at batch 16384 on this host's CPUs (all cores) and on the GPU.
 4. fp16 tables in host memory behind an HBM cache (`fused_uvm_caching`) holding
    --cache-ratios of their rows: the price of a 100x smaller GPU footprint.
@@ -311,9 +313,12 @@ def planned_runs(args: argparse.Namespace, cuda: bool, report: Report) -> list[t
     fit, note = fit_mlperf(cuda, args.precision, base)
     report.notes += [note] if note else []
     runs = [("MLPerf DCNv2", [*base, *fit])]
-    if cuda and "--embedding-precision=fp32" in fit:
-        runs.append(("MLPerf fp16 tables", [*base, *fit, "--embedding-precision=fp16"]))
-    if cuda:  # the same without TrainPipelineSparseDist: what the pipeline buys
+    if cuda:  # each optimization against run 1, one change at a time
+        runs.append(("MLPerf host data", [*base, *fit, "--random-fast-draw-on=host"]))
+        if "--embedding-precision=fp32" in fit:
+            runs.append(("MLPerf fp16 tables", [*base, *fit, "--embedding-precision=fp16"]))
+        runs.append(("MLPerf tf32", [*base, *fit, "--tf32"]))
+        runs.append(("MLPerf bf16 dense", [*base, *fit, "--dense-precision=bf16"]))
         runs.append(("MLPerf plain loop", [*base, *fit, "--pipeline=false"]))
     c_batch = 512 if args.smoke else 16384
     c_args = [*CONFIG_C, f"--mini-batch-size={c_batch}"]

@@ -109,6 +109,11 @@ class ModelConfig:
     embedding_precision: Literal["fp32", "fp16"] = _f(
         "fp32", "embedding table weights: fp32 | fp16"
     )
+    dense_precision: Literal["fp32", "bf16"] = _f(
+        "fp32",
+        "training: the MLPs and the interaction in fp32 | bf16 (autocast; weights, optimizer "
+        "and loss stay fp32); evaluation and inference always fp32",
+    )
     weight_init: Literal["reference", "sharded"] = _f(
         "reference",
         "initial table weights: reference (the reference's numpy stream, every table drawn "
@@ -181,6 +186,12 @@ class DataConfig:
         "and sliced) | random-fast (vectorized, each rank draws only its slice)",
         flag="data-generation",
     )
+    draw_on: Literal["device", "host"] = _f(
+        "device",
+        "random-fast: where batches are drawn: device (on CUDA, by the same generator in "
+        "torch on the GPU: the same numbers, no host cores in the GPU's way) | host (numpy)",
+        flag="random-fast-draw-on",
+    )
     data_size: int = _f(1, "samples per epoch (ignored when num_batches > 0)", least=0)
     num_batches: int = _f(0, "batches per epoch; 0 = ceil(data_size / mini_batch_size)", least=0)
     mini_batch_size: int = _f(1, "global batch size, samples", least=1)
@@ -201,6 +212,18 @@ class DataConfig:
     rand_data_mu: float = _f(-1.0, "gaussian: mean; -1 = (min + max) / 2")
     rand_data_sigma: float = _f(1.0, "gaussian: standard deviation")
     round_targets: bool = _f(False, "round targets to 0/1")
+    synthetic_labels: Literal["random", "planted"] = _f(
+        "random",
+        "random-fast targets: random (uniforms, or 0/1 with round_targets: nothing to learn) | "
+        "planted (0/1 clicks of a seeded teacher over each sample's own dense features and "
+        "ids, data/planted.py: learnable, with a known best AUC)",
+    )
+    test_num_batches: int = _f(
+        0,
+        "random-fast: batches of the test split (of test_mini_batch_size); 0 = as many as "
+        "training, as the reference",
+        least=0,
+    )
     zipf_exponent: float = _f(1.05, "zipf: exponent s, P(row of popularity rank k) ~ 1/k^s")
     multi_hot_sizes: list[int] = _f(
         [],
@@ -259,6 +282,12 @@ class DataConfig:
             raise ConfigError("--rand-data-dist=zipf needs --data-generation=random-fast")
         if self.zipf_exponent <= 0:
             raise ConfigError("--zipf-exponent must be positive")
+        for flag, on in (
+            ("--synthetic-labels=planted", self.synthetic_labels == "planted"),
+            ("--test-num-batches", self.test_num_batches > 0),
+        ):
+            if on and self.generation != "random-fast":
+                raise ConfigError(f"{flag} needs --data-generation=random-fast")
         if self.generation == "dataset":
             if not (self.raw_data_file or self.processed_data_file):
                 raise ConfigError(
@@ -399,6 +428,11 @@ class TrainConfig:
     mlperf_acc_threshold: float = _f(0.0, "stop when test accuracy (percent) exceeds it; 0 = never")
     mlperf_auc_threshold: float = _f(0.0, "stop when test AUC exceeds it; 0 = never")
     use_gpu: bool = _f(False, "train on CUDA (each rank on its LOCAL_RANK device)")
+    tf32: bool = _f(
+        False,
+        "CUDA: TF32 tensor cores for the fp32 matmuls of the MLPs and the interaction "
+        "(a 10-bit mantissa per product, fp32 sums); no effect on CPU",
+    )
     dist_backend: Literal["", "gloo", "nccl"] = _f(
         "", "process-group backend; empty = nccl on CUDA, gloo on CPU"
     )
@@ -452,6 +486,16 @@ class CheckpointConfig:
 @dataclass
 class MetricsConfig:
     run_dir: str = _f("", "write metrics.jsonl and TensorBoard events here (rank 0); empty = none")
+    numbered_run_dir: bool = _f(
+        False,
+        "write into a new numbered subdirectory of --run-dir each run (<run-dir>/001, 002, "
+        "...), so a rerun never mixes its records with an earlier run's",
+    )
+    plots: bool = _f(
+        False,
+        "at the end of the run, write the report's PNG plots and summary.txt into the run "
+        "directory (what python -m dlrm_dist.report RUN_DIR writes)",
+    )
     enable_profiling: bool = _f(
         False, "write a PyTorch profiler trace (Chrome/TensorBoard) to <run-dir>/profile"
     )
@@ -462,6 +506,9 @@ class MetricsConfig:
         _check_fields(self)
         if self.enable_profiling and not self.run_dir:
             raise ConfigError("--enable-profiling needs --run-dir (where the trace goes)")
+        for flag, on in (("--numbered-run-dir", self.numbered_run_dir), ("--plots", self.plots)):
+            if on and not self.run_dir:
+                raise ConfigError(f"{flag} needs --run-dir")
 
 
 @dataclass

@@ -36,7 +36,7 @@ class Reporter:
         self.samples = 0
         self.wait = 0.0
         self.eval_seconds = 0.0
-        self.begin = time.perf_counter()
+        self.begin = self.created = time.perf_counter()
 
     def _reset_window(self) -> None:
         self.w_loss = self.w_samples = self.w_iters = 0
@@ -184,21 +184,27 @@ class Reporter:
         self.metrics.write("eval", self.step, {"epoch": epoch, **m, "best_accuracy": best_acc})
         self._reset_window()
 
+    def teacher(self, m: dict[str, float], samples: int) -> None:
+        """Planted labels: the teacher's own metrics on the test split, the best possible."""
+        self.print(
+            f"planted labels: the teacher's own test AUC {m['auc']:.4f}, log loss "
+            f"{m['logloss']:.6f} on {samples} test samples (the best any model can do)"
+        )
+        self.metrics.write("teacher", 0, m)
+
+    def run_dir(self, path: str, plots: bool) -> None:
+        """Where this run's metrics go (a numbered run directory is new each run)."""
+        then = "; plots at the end" if plots else ""
+        self.print(f"metrics: {path} (metrics.jsonl, TensorBoard events in tensorboard/{then})")
+
     def finish(self) -> tuple[int, float]:
-        """Print the summary; returns samples and training seconds (evaluation excluded)."""
-        seconds = time.perf_counter() - self.begin - self.eval_seconds
+        """Record the run's totals and close the metrics files; returns samples and
+        training seconds (evaluation excluded). `summary` prints them."""
+        self.seconds = seconds = time.perf_counter() - self.begin - self.eval_seconds
+        self.wall = time.perf_counter() - self.created
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        rates = self.window_rates or [0.0]
-        self.print(
-            f"Done: {self.samples} samples in {seconds:.2f} s, "
-            f"{self.samples / max(seconds, 1e-9):.0f} samples/s end to end "
-            f"(per log window: median {statistics.median(rates):.0f}, "
-            f"min {min(rates):.0f}, max {max(rates):.0f}); "
-            f"data wait {100.0 * self.wait / max(seconds, 1e-9):.1f} %"
-            + (f"; evaluation took {self.eval_seconds:.2f} s more" if self.eval_seconds else "")
-        )
         self.metrics.write(
             "summary",
             self.step,
@@ -212,6 +218,38 @@ class Reporter:
         )
         self.metrics.close()
         return self.samples, seconds
+
+    def summary(self, evals: list[dict], teacher: dict | None, plots: list[str]) -> None:
+        """The run's last lines: test AUC first and last (beside the planted teacher's,
+        the best possible), where the metrics and plots went, then the `Done:` line."""
+        scored = [m for m in evals if "auc" in m]
+        if scored:
+            first, last = scored[0], scored[-1]
+            best = ""
+            if teacher:
+                best = (
+                    f"; best possible {teacher['auc']:.4f} (log loss {teacher['logloss']:.4f}), "
+                    "the planted teacher's"
+                )
+            self.print(
+                f"Summary: test AUC {first['auc']:.4f} at the first evaluation, "
+                f"{last['auc']:.4f} at the last (log loss {last['logloss']:.4f}){best}"
+            )
+        m = self.cfg.metrics
+        if m.run_dir:
+            fresh = "a new numbered directory each run: " if m.numbered_run_dir else ""
+            shown = f"; plots {', '.join(plots)}" if plots else ""
+            self.print(f"Metrics: {m.run_dir} ({fresh}metrics.jsonl, tensorboard/{shown})")
+        seconds, rates = self.seconds, self.window_rates or [0.0]
+        self.print(
+            f"Done: {self.samples} samples in {seconds:.2f} s, "
+            f"{self.samples / max(seconds, 1e-9):.0f} samples/s end to end "
+            f"(per log window: median {statistics.median(rates):.0f}, "
+            f"min {min(rates):.0f}, max {max(rates):.0f}); "
+            f"data wait {100.0 * self.wait / max(seconds, 1e-9):.1f} %"
+            + (f"; evaluation took {self.eval_seconds:.2f} s more" if self.eval_seconds else "")
+            + f"; wall time {self.wall:.1f} s (setup included)"
+        )
 
 
 def quiet_libraries() -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from dlrm_dist import planning
+from dlrm_dist import plan_report, planning
 from dlrm_dist.config import Config, OptimConfig
 from dlrm_dist.embeddings import sparse_collections
 from dlrm_dist.errors import ConfigError
@@ -91,6 +92,14 @@ def set_threads(env: DistEnv, threads: int = 0) -> int:
     return threads
 
 
+def set_tf32(env: DistEnv, on: bool) -> None:
+    """--tf32: TF32 tensor cores for fp32 matmuls on this rank's GPU (torch's switch is
+    per process)."""
+    if env.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+
 def local_batch(global_batch: int, env: DistEnv, flag: str = "--mini-batch-size") -> int:
     """Each rank trains on an equal slice of the global batch (the reference's meaning
     of the batch size); a size the world does not divide is an error."""
@@ -148,6 +157,19 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
+def is_initialized() -> bool:
+    return dist.is_initialized()
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's value (any picklable object) on every rank; as is without a group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _sharders() -> list:
     return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
 
@@ -165,7 +187,7 @@ def build_plan(model: torch.nn.Module, cfg: Config, env: DistEnv) -> ShardingPla
         pg=dist.GroupMember.WORLD,
     )
     if env.rank == 0:
-        log.info("%s", planning.describe_plan(result))
+        log.info("%s", plan_report.describe_plan(result))
     return result.plan
 
 

@@ -1,5 +1,6 @@
 """Evaluation over the whole test split, every rank's slice gathered: loss, accuracy, and for
-0/1 targets AUC, log loss and normalized entropy; the reference's MLPerf stop thresholds.
+0/1 targets AUC, log loss and normalized entropy; the reference's MLPerf stop thresholds;
+the planted teacher's own metrics (the best possible on planted labels).
 
 Why our own loop: torchmetrics' AUROC (which syncs across ranks) computes the same AUC from
 the gathered predictions, and we call it on them; the loss must be the model's own (mse,
@@ -13,6 +14,8 @@ import torch
 
 from dlrm_dist import distributed
 from dlrm_dist.config import TrainConfig
+from dlrm_dist.data import planted
+from dlrm_dist.data.batch_source import RawBatch
 
 
 @torch.no_grad()
@@ -40,6 +43,23 @@ def evaluate(model, data, device: torch.device, num_batches: int) -> dict[str, f
     if bool(((t == 0) | (t == 1)).all()) and 0 < t.sum() < t.numel():
         out.update(click_metrics(p, t))
     return out
+
+
+def teacher_metrics(data, device: torch.device, num_batches: int) -> dict[str, float]:
+    """The planted teacher's own AUC, log loss and NE over the first num_batches batches of
+    random-fast `data` (this rank's slices, every rank's gathered): its probabilities p
+    drew the labels, so no model can beat them on these samples."""
+    teacher = planted.Teacher.of(data.spec, data.seed)
+    p, t = [], []
+    for index in range(min(num_batches, len(data))):
+        raw = data.raw(index)
+        raw = raw if isinstance(raw, RawBatch) else raw.numpy()  # torch: to the host
+        p.append(teacher.probabilities(raw.dense, raw.lengths, raw.values))
+        t.append(raw.targets[:, 0].astype(np.float64))
+    gathered = [
+        distributed.gather_cat(torch.from_numpy(np.concatenate(x)).to(device)).cpu() for x in (p, t)
+    ]
+    return click_metrics(*gathered)
 
 
 def click_metrics(p: torch.Tensor, t: torch.Tensor) -> dict[str, float]:

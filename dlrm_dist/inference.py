@@ -218,17 +218,6 @@ def save_onnx(model: DLRM, batch, path: str) -> None:
         ) from None
 
 
-def share_weights(weights: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Rank 0's gathered full weights on every rank."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return weights
-    box = [weights]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def run(cfg: Config, env, sharded, arch: Arch, names: list[str], test_data, ntest: int):
     """--inference-only: evaluate the (resumed) model on the test data, float and, when
     asked, quantized; export when asked (rank 0). Nothing is trained or saved.
@@ -242,7 +231,7 @@ def run(cfg: Config, env, sharded, arch: Arch, names: list[str], test_data, ntes
             "or with --dist-backend gloo"
         )
     inf = cfg.inference
-    weights = share_weights(distributed.gather_full_weights(sharded, names))
+    weights = distributed.from_rank0(distributed.gather_full_weights(sharded, names))
     model = inference_model(arch, cfg.model, weights)
     cpu = torch.device("cpu")
     evals = [evaluate(Scored(model, cfg.model), test_data, cpu, ntest)]

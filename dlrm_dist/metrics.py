@@ -58,6 +58,21 @@ class MetricsWriter:
             self._file = self._tb = None
 
 
+def numbered_run_dir(base: str | Path) -> Path:
+    """A new directory base/NNN (001, 002, ...: one past the highest number there), made
+    here, so runs into the same base never mix (and two starting at once get two)."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+        path = base / f"{max(taken, default=0) + 1:03d}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another run took it first
+            continue
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     with path.open(encoding="utf-8") as fh:

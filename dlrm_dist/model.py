@@ -103,9 +103,17 @@ class DLRMTrain(DLRM):
     def __init__(self, arch: Arch, cfg: ModelConfig, device: torch.device | str = "meta"):
         super().__init__(arch, cfg, device)
         self.loss_fn = make_loss(cfg)
+        self.bf16 = cfg.dense_precision == "bf16"
+        # where the matmuls run, for autocast: a plain string, not read off the batch (the
+        # pipeline traces this forward with fx, where the batch's tensors are proxies)
+        self.device_type = "cpu"
 
     def forward(self, batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        p = super().forward(batch.dense_features, batch.sparse_features)
+        # --dense-precision=bf16: matmuls in bf16 while training; the loss in fp32
+        bf16 = self.bf16 and self.training
+        with torch.autocast(self.device_type, torch.bfloat16, enabled=bf16):
+            p = super().forward(batch.dense_features, batch.sparse_features)
+        p = p.float() if bf16 else p
         loss = self.loss_fn(p, batch.labels)
         return loss, (loss.detach(), p.detach())
 

@@ -78,7 +78,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Config]:
 
 def plan_text(ns: argparse.Namespace, cfg: Config) -> str:
     """The printed plan; raises ConfigError."""
-    from dlrm_dist import planning  # torch and torchrec: only once the arguments are good
+    from dlrm_dist import plan_report, planning  # torch, torchrec: once the arguments are good
     from dlrm_dist.arch import derive_arch
     from dlrm_dist.model import DLRM
 
@@ -91,7 +91,7 @@ def plan_text(ns: argparse.Namespace, cfg: Config) -> str:
         ns.local_world_size,
         batch_size_per_rank=ns.batch_size_per_rank,
     )
-    return planning.describe_plan(result)
+    return plan_report.describe_plan(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ PLOTS = {  # file -> the (record kind, field) series drawn in it
     "throughput.png": [("train", "samples_per_s"), ("train", "samples_per_s_per_rank")],
     "lr.png": [("train", "lr")],
 }
+# planted labels: the teacher's own metric, the best possible, as a dashed line
+BEST = {"loss.png": ("teacher", "logloss"), "auc.png": ("teacher", "auc")}
 
 
 def series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
@@ -39,6 +41,10 @@ def plot(records: list[dict], out_dir: Path) -> dict[Path, list[str]]:
             if x:
                 ax.plot(x, y, marker="o" if kind == "eval" else None, label=f"{kind} {key}")
                 drawn.append(f"{kind} {key}")
+        known = series(records, *BEST[name])[1] if name in BEST else []
+        if drawn and known:
+            label = f"best possible (the planted teacher's {BEST[name][1]})"
+            ax.axhline(known[-1], color="gray", linestyle="--", label=label)
         if drawn:
             ax.set_xlabel("step")
             ax.set_ylabel(lines[0][1])
@@ -81,6 +87,16 @@ def summarize(records: list[dict]) -> str:
     return "\n".join(lines) or "no records"
 
 
+def write_report(run_dir: Path) -> tuple[str, dict[Path, list[str]]]:
+    """The plots (PNG) and summary.txt of the run in run_dir, written there; returns the
+    summary text and the plots written (as `plot`)."""
+    records = read_metrics(run_dir)
+    written = plot(records, run_dir)
+    text = summarize(records)
+    (run_dir / "summary.txt").write_text(text + "\n")
+    return text, written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlrm_dist.report", description=__doc__)
     parser.add_argument("run_dir", help="a --run-dir of dlrm_dist.train")
@@ -89,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (run_dir / METRICS_FILE).is_file():
         print(f"ERROR: {run_dir / METRICS_FILE} does not exist: pass a --run-dir of a run")
         return 2
-    records = read_metrics(run_dir)
-    written = plot(records, run_dir)
-    text = summarize(records)
-    (run_dir / "summary.txt").write_text(text + "\n")
+    text, written = write_report(run_dir)
     print(text)
     print("plots: " + ", ".join(str(p) for p in written))
     return 0

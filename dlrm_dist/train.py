@@ -12,11 +12,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from dlrm_dist import console, distributed, failures, inference
+from dlrm_dist import console, distributed, failures, inference, report
 from dlrm_dist.arch import Arch, derive_arch, parameter_order
 from dlrm_dist.checkpoint import CheckpointManager, TrainState
 from dlrm_dist.cli import parse_args
@@ -24,10 +25,10 @@ from dlrm_dist.config import Config
 from dlrm_dist.data.batch_check import BatchCheck
 from dlrm_dist.data.sources import EpochBatches, dataset_tables, make_data, usable_batches
 from dlrm_dist.errors import ConfigError, DlrmDistError, PeerFailureError
-from dlrm_dist.evaluation import evaluate, threshold_reached
+from dlrm_dist.evaluation import evaluate, teacher_metrics, threshold_reached
 from dlrm_dist.initial_weights import reference_init
 from dlrm_dist.lr_policy import LRPolicy
-from dlrm_dist.metrics import MetricsWriter, Profiler
+from dlrm_dist.metrics import MetricsWriter, Profiler, numbered_run_dir
 from dlrm_dist.model import DLRMTrain
 
 
@@ -42,6 +43,7 @@ class RunResult:
     data_seconds: float = 0.0  # of which waiting for batches (data generation)
     final_weights: dict[str, np.ndarray] | None = None
     pipelined: bool = False  # trained through TrainPipelineSparseDist
+    teacher: dict[str, float] | None = None  # planted labels: the teacher's own test metrics
 
 
 def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.RandomState):
@@ -49,6 +51,7 @@ def build(cfg: Config, env: distributed.DistEnv, arch: Arch, rs: np.random.Rando
     tables = cfg.model.weight_init == "reference"  # else DMP's own per-shard draw stays
     weights = reference_init(rs, arch, cfg.train.numpy_rand_seed, tables=tables)
     model = DLRMTrain(arch, cfg.model, device="meta")
+    model.device_type = env.device.type
     plan = distributed.build_plan(model, cfg, env)
     dmp = distributed.shard(model, plan, env, cfg.optim)
     distributed.load_full_weights(dmp, weights)
@@ -120,6 +123,14 @@ class Run:
     ckpt: CheckpointManager
     state: TrainState
     names: list[str]  # parameter names in the reference's order
+
+    @property
+    def eval_batches(self) -> int:
+        """Batches an evaluation reads: as many as training has (the reference's), all of
+        the test split on real data."""
+        return (
+            self.ntest if self.cfg.data.generation == "dataset" else min(self.nbatches, self.ntest)
+        )
 
 
 def agreed_data(cfg: Config, arch: Arch, rs: np.random.RandomState, env, out: console.Reporter):
@@ -198,6 +209,7 @@ class Trainer:
         r, out, t = self.r, self.out, self.r.cfg.train
         if t.debug_mode:
             out.parameters("initial", distributed.gather_full_weights(r.model, r.names), r.names)
+        self.result.teacher = self.known_answer()
         total = r.nbatches * t.nepochs
         out.start(total - min(r.state.epoch * r.nbatches + r.state.batch, total), r.env, r.cfg)
         step, state = r.state.step, r.state
@@ -237,9 +249,7 @@ class Trainer:
         """Evaluate after step `step`; the MLPerf threshold it reached ("" if none)."""
         r, started = self.r, time.perf_counter()
         self.phase.enter(f"the evaluation after step {step}")
-        # the reference evaluates as many batches as it trains on; real data: all
-        limit = r.ntest if r.cfg.data.generation == "dataset" else min(r.nbatches, r.ntest)
-        metrics = self.stepper.evaluate(r.test_data, r.env.device, limit)
+        metrics = self.stepper.evaluate(r.test_data, r.env.device, r.eval_batches)
         self.best_acc = max(self.best_acc, metrics["accuracy"])
         self.result.evals.append(metrics)
         self.out.log_eval(j + 1, r.nbatches, epoch, metrics, self.best_acc)
@@ -249,11 +259,28 @@ class Trainer:
             self.out.print(f"MLPerf testing {stop} threshold reached, stop training")
         return stop
 
+    def known_answer(self) -> dict[str, float] | None:
+        """Planted labels, evaluated: the teacher's own metrics on the evaluation batches
+        (the best any model can do there), printed and recorded; else None."""
+        r = self.r
+        if r.cfg.data.synthetic_labels != "planted" or r.cfg.train.test_freq <= 0:
+            return None
+        self.phase.enter("the planted teacher's test metrics")
+        metrics = teacher_metrics(r.test_data, r.env.device, r.eval_batches)
+        samples = sum(r.test_data.batch_size(b) for b in range(r.eval_batches))
+        self.out.teacher(metrics, samples)
+        return metrics
+
     def finish(self) -> RunResult:
         r, result = self.r, self.result
         self.phase.enter("the final weights")
         result.samples, result.seconds = self.out.finish()
         result.data_seconds = self.out.wait
+        m = r.cfg.metrics
+        plots = []
+        if m.plots and m.run_dir and r.env.rank == 0:
+            plots = sorted(path.name for path in report.write_report(Path(m.run_dir))[1])
+        self.out.summary(result.evals, result.teacher, plots)
         result.final_weights = distributed.gather_full_weights(r.model, r.names)
         if r.cfg.train.debug_mode:
             self.out.parameters("updated", result.final_weights, r.names)
@@ -264,7 +291,7 @@ def run(cfg: Config) -> RunResult:
     """Train with cfg in this process (one rank, or one of torchrun's). A process group
     the caller already started is used and left open. A failure torch raises that is
     ours to explain (a dead peer, a NaN output) comes out as a DlrmDistError."""
-    owns_group = not torch.distributed.is_initialized()
+    owns_group = not distributed.is_initialized()
     phase = failures.Phase("the other ranks to start")
     t, rank = cfg.train, int(os.environ.get("RANK", "0"))
     try:
@@ -282,10 +309,25 @@ def run(cfg: Config) -> RunResult:
         raise ours from exc
 
 
+def run_dir(cfg: Config, env: distributed.DistEnv) -> Config:
+    """cfg with the run directory this run writes: --numbered-run-dir makes a new
+    <run-dir>/NNN (rank 0, the others told which)."""
+    m = cfg.metrics
+    if not (m.run_dir and m.numbered_run_dir):
+        return cfg
+    path = str(numbered_run_dir(m.run_dir)) if env.rank == 0 else None
+    path = distributed.from_rank0(path)
+    return dataclasses.replace(cfg, metrics=dataclasses.replace(m, run_dir=path))
+
+
 def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunResult:
     threads = distributed.set_threads(env, cfg.train.threads)
+    cfg = run_dir(cfg, env)
+    distributed.set_tf32(env, cfg.train.tf32)
     metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
     with metrics, console.Reporter(cfg, env.rank, threads, metrics) as out:
+        if cfg.metrics.run_dir:
+            out.run_dir(cfg.metrics.run_dir, cfg.metrics.plots)
         r = setup(cfg, env, out)
         if cfg.inference.inference_only:  # evaluate what was resumed: no training, no saving
             evals = inference.run(cfg, env, r.model, r.arch, r.names, r.test_data, r.ntest)

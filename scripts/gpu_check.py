@@ -115,7 +115,7 @@ def stages(out: Path, smoke: bool, budgets: dict[str, int], selected: set[str]) 
         env.details = next((json.loads(x) for x in lines if x.startswith("{")), {})
     if "tests" in selected:
         pytest = [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
-        pytest += ["--timeout=150", f"--junitxml={out / 'gpu_tests.xml'}", "tests"]
+        pytest += ["--timeout=150", f"--junitxml={out / 'gpu_tests.xml'}", "tests/gpu"]
         run_stage(tests, pytest, out / "tests.log")
         tests.details = junit_counts(out / "gpu_tests.xml")
     if "benchmark" in selected:

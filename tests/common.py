@@ -1,9 +1,13 @@
-"""What several test modules share: the tiny training job and a file-tree fingerprint."""
+"""What the test modules share: the tiny training job, a free port, a file-tree
+fingerprint."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
 # 4 small tables, 6 batches of 16 x 2 epochs = 12 steps, adagrad, a log line per step
 TINY_JOB = [
@@ -21,6 +25,23 @@ TINY_JOB = [
     "--print-freq=1",
     "--progress-bar=false",
 ]
+
+
+def tiny_job(*extra: str, **flags: object) -> list[str]:
+    """TINY_JOB with flags changed (keyword = flag name with underscores: num_batches=20
+    gives --num-batches=20) and extra arguments appended."""
+    argv = {a.split("=", 1)[0]: a for a in TINY_JOB}
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        argv[flag] = f"{flag}={str(value).lower() if isinstance(value, bool) else value}"
+    return [*argv.values(), *extra]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (for a rendezvous or a store)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def file_hashes(directory: Path) -> dict[str, str]:

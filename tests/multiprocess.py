@@ -3,17 +3,12 @@ collect each rank's return value. Used by the distributed tests; gloo on CPU."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from typing import Any
 
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.common import free_port
 
 
 def launch(world_size: int, fn, *args: Any) -> dict[int, Any]:
@@ -25,7 +20,7 @@ def launch(world_size: int, fn, *args: Any) -> dict[int, Any]:
         nproc_per_node=world_size,
         run_id=uuid.uuid4().hex,
         rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",

@@ -35,7 +35,7 @@ import numpy as np
 from dlrm_dist.arch import feature_names
 from dlrm_dist.config import choices
 from dlrm_dist.data.batch_source import BatchSource, RawBatch, local_bounds
-from dlrm_dist.data.criteo import load_meta
+from dlrm_dist.data.criteo_files import load_meta
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.data.hashing import Bijection, mix64
 from dlrm_dist.data.multi_hot import MultiHot

@@ -34,7 +34,9 @@ Per table t and sample:
 Indices are not deduplicated per bag (unlike the reference): duplicates are kept, and sum
 pooling adds them up, as a real multi-hot feature with a repeated id would.
 Dense features and targets are float32 uniforms in [0, 1) (24-bit), targets rounded to 0/1
-when round_targets.
+when round_targets. With labels = "planted" the target uniform u becomes the click of the
+seeded teacher of `planted` (u < p, p its probability over the sample's own features and
+ids), 0/1 whatever round_targets says.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from dlrm_dist.arch import feature_names
+from dlrm_dist.data import planted
 from dlrm_dist.data.batch_source import BatchSource, RawBatch, epoch_size, local_bounds
 from dlrm_dist.data.hashing import (
     BLOCK,
@@ -85,6 +88,7 @@ class FastDataSpec:
     zipf_exponent: float = 1.05  # zipf: s in P(popularity rank k) ~ 1 / k^s
     multi_hot_sizes: tuple[int, ...] = ()  # fixed bag size per table; () = the flags above
     round_targets: bool = False
+    labels: str = "random"  # random (the uniforms) | planted (planted.Teacher's clicks)
 
     def __post_init__(self) -> None:  # lists from a config become tuples: the spec hashes
         object.__setattr__(self, "table_sizes", tuple(int(r) for r in self.table_sizes))
@@ -105,6 +109,8 @@ class FastDataSpec:
 
     def validate(self) -> None:
         """Raises ValueError, saying what to change, unless this spec can be drawn."""
+        if self.labels not in planted.LABELS:
+            raise ValueError(f"labels {self.labels!r} is not supported; use random or planted")
         if self.dist not in DISTRIBUTIONS:
             raise ValueError(
                 f"rand_data_dist {self.dist!r} is not supported; use uniform, gaussian or zipf"
@@ -234,15 +240,26 @@ class _Plan:
         self.state = np.concatenate(parts)
         self.zipf = ZipfLaw(spec, seed) if spec.dist == "zipf" else None
         self.mu = (spec.rmax + spec.rmin) / 2.0 if spec.mu == -1 else spec.mu
+        self.teacher = None
+        if spec.labels == "planted":
+            self.teacher = planted.Teacher.of(spec, seed)
 
     def draw(self, key: int) -> RawBatch:
+        """The samples of the batch whose key (hashing.derive_key) is `key`; their targets
+        the uniforms, rounded (round_targets) or the teacher's clicks (planted)."""
+        raw = self._draw(key)
+        if self.teacher is not None:
+            raw.targets = self.teacher.labels(raw.dense, raw.lengths, raw.values, raw.targets)
+        elif self.spec.round_targets:
+            np.round(raw.targets, out=raw.targets)
+        return raw
+
+    def _draw(self, key: int) -> RawBatch:
         spec, n = self.spec, self.n
         z = hash_array(self.state, key)
         floats = unit24(z[: self.targets_end])
         dense = floats[: self.dense_end].reshape(n, spec.dense_features)
         targets = floats[self.dense_end :].reshape(n, 1)
-        if spec.round_targets:
-            np.round(targets, out=targets)
         if not spec.random_bags:
             values = self._values(self.value_state, key, self.table, self.value_scale)
             return RawBatch(dense, self.lengths.copy(), values, targets)

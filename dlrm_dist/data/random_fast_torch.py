@@ -39,6 +39,10 @@ bit for bit. That costs one device-to-host sync per gaussian or zipf batch (the 
 learn whether any value needs it); `exact=False` skips it and keeps the rare flips.
 Uniform ids never need it: random bag sizes sync once (the values' count), and fixed or
 multi-hot bags (MLPerf's) draw without any sync.
+
+Planted labels (`planted`) need no host work or sync either: their bag sums are int64, the
+rest is IEEE +, -, *, / in planted's order and the sigmoid is planted's table, copied to the
+device (`_PlantedLabels`), so u < p comes out as numpy's on every device.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_dist.arch import feature_names
+from dlrm_dist.data import planted
 from dlrm_dist.data.batch_source import BatchSource, RawBatch, epoch_size
 from dlrm_dist.data.hashing import GOLDEN, MASK64, MIX1, MIX2, UNIT24, UNIT32, UNIT53, derive_key
 from dlrm_dist.data.random_fast import DOMAIN_SHIFT, FastDataSpec, SlicePlans, ZipfLaw
@@ -213,6 +218,50 @@ class _Indices:
         return torch.pow(torch.clamp_min(zipf.lo + (1.0 - s) * w, 0.0), 1.0 / (1.0 - s))
 
 
+class _PlantedLabels:
+    """planted.Teacher's labels as tensor ops on the batch's device: the same hashes, int64
+    bag sums and float64 operations in the same order (planted.Teacher.logits, combine,
+    grid_index) and the same sigmoid table (copied, not recomputed)."""
+
+    def __init__(self, teacher: planted.Teacher, device: torch.device) -> None:
+        self.teacher = teacher
+        on = functools.partial(torch.as_tensor, device=device)
+        self.keys = on(teacher.keys.view(np.int64))  # (used,) the same 64 bits, signed
+        self.weights = on(teacher.dense_weights)  # (J,) f64
+        self.scale = on(teacher.scale)  # (used,) f64
+        self.table = on(planted.sigmoid_table())
+
+    def __call__(self, batch: TorchRawBatch) -> torch.Tensor:
+        """0/1 targets (n, 1) f32 of the batch, from its target uniforms."""
+        t, n = self.teacher, batch.targets.shape[0]
+        lengths = batch.lengths[: t.used].reshape(-1)  # (used * n,) bags of tables 0 ..
+        total = sum(batch.per_table[: t.used])
+        counts = batch.lengths[: t.used].sum(dim=1)  # on the device: no copy, no sync
+        keys = self.keys.repeat_interleave(counts, output_size=total)
+        z = _hash(batch.values[:total] * _G + keys, 0)
+        e = _srl(z, 64 - planted.EFFECT_BITS - 1) - (1 << planted.EFFECT_BITS)  # e * 2^20
+        sums = torch.zeros(total + 1, dtype=torch.int64, device=e.device)
+        torch.cumsum(e, dim=0, out=sums[1:])  # bag sums as differences: exact ints
+        ends = torch.cumsum(lengths, dim=0)
+        coef = self.scale.repeat_interleave(n) / lengths.to(torch.float64)
+        terms = (sums[ends] - sums[ends - lengths]).to(torch.float64) * coef
+        return self._labels(batch, terms.view(t.used, n))
+
+    def _labels(self, batch: TorchRawBatch, terms: torch.Tensor) -> torch.Tensor:
+        """planted.combine, grid_index, the sigmoid table and u < p: (n, 1) f32."""
+        t = self.teacher
+        logit = batch.dense[:, : self.weights.numel()].to(torch.float64) @ self.weights
+        if t.dense_offset:
+            logit = logit + t.dense_offset
+        for k in t.main:
+            logit = logit + terms[k]
+        if t.pair is not None:
+            a, b = t.pair
+            logit = logit + terms[a] * terms[b]
+        row = (logit * planted.GRID).round_().to(torch.int64)
+        return (batch.targets.to(torch.float64) < self.table[row][:, None]).to(torch.float32)
+
+
 def _redo_on_host(
     out: torch.Tensor,
     flagged: torch.Tensor,
@@ -289,16 +338,26 @@ class _Plan:
             self.value_scale = self.scale[self.table]
         self.state = torch.cat(parts)
         self.indices = _Indices(spec, seed, device, exact)
+        self.planted = None
+        if spec.labels == "planted":
+            self.planted = _PlantedLabels(planted.Teacher.of(spec, seed), device)
 
     def draw(self, key: int) -> TorchRawBatch:
-        """The samples of the batch whose key (hashing.derive_key) is `key`."""
+        """The samples of the batch whose key (hashing.derive_key) is `key`; their targets
+        the uniforms, rounded (round_targets) or the teacher's clicks (planted)."""
+        raw = self._draw(key)
+        if self.planted is not None:
+            raw.targets = self.planted(raw)
+        elif self.spec.round_targets:
+            raw.targets.round_()
+        return raw
+
+    def _draw(self, key: int) -> TorchRawBatch:
         spec, n, key = self.spec, self.n, _signed(key)
         z = _hash(self.state, key)
         floats = _srl(z[: self.targets_end], 40).to(torch.float32).mul_(UNIT24)
         dense = floats[: self.dense_end].view(n, spec.dense_features)
         targets = floats[self.dense_end :].view(n, 1)
-        if spec.round_targets:
-            targets.round_()
         if not spec.random_bags:
             zv = _hash(self.value_state, key)
             values = self.indices(zv, self.table, self.value_scale)

@@ -13,7 +13,7 @@ import torch
 
 from dlrm_dist.arch import Arch
 from dlrm_dist.config import Config
-from dlrm_dist.data import criteo
+from dlrm_dist.data import criteo, criteo_files
 from dlrm_dist.data.criteo_data import CriteoData
 from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData
 from dlrm_dist.data.random_fast_torch import TorchRandomFastData
@@ -35,7 +35,7 @@ def make_data(
     shared with the initial weights and the other set) whole on every rank. `random-fast`:
     each rank draws only its slice; batch b depends only on the seed, the set and b; with a
     CUDA `device`, drawn there by the same generator in torch (the same numbers, no host
-    cores in the way of a GPU's rate).
+    cores in the way of a GPU's rate); test_num_batches sizes its test split.
     `dataset`: the processed Criteo data's train (or test) split, each rank reading its
     slice (`dataset_tables` has preprocessed it and taken the tables from it), its ids
     expanded into bags when multi_hot_sizes are given."""
@@ -45,7 +45,7 @@ def make_data(
     batch = batch or d.mini_batch_size
     if d.generation == "dataset":  # the reference limits only the training batches
         split, limit = ("test", 0) if eval_set else ("train", d.num_batches)
-        directory = criteo.processed_dir(d)
+        directory = criteo_files.processed_dir(d)
         return CriteoData(
             directory,
             split,
@@ -71,11 +71,11 @@ def make_data(
         round_targets=d.round_targets,
     )
     if d.generation == "random-fast":
-        spec = FastDataSpec(
-            **common, zipf_exponent=d.zipf_exponent, multi_hot_sizes=tuple(d.multi_hot_sizes)
-        )
-        args = (spec, seed, d.num_batches, batch, rank, world_size, d.data_size, int(eval_set))
-        if device is not None and device.type == "cuda":
+        extra = dict(zipf_exponent=d.zipf_exponent, labels=d.synthetic_labels)
+        spec = FastDataSpec(**common, **extra, multi_hot_sizes=tuple(d.multi_hot_sizes))
+        batches = d.test_num_batches if eval_set and d.test_num_batches > 0 else d.num_batches
+        args = (spec, seed, batches, batch, rank, world_size, d.data_size, int(eval_set))
+        if device is not None and device.type == "cuda" and d.draw_on == "device":
             return TorchRandomFastData(*args, device=device)
         return RandomFastData(*args)
     spec = RandomDataSpec(**common)
@@ -88,8 +88,8 @@ def dataset_tables(cfg: Config, rank: int) -> Config:
     if cfg.data.generation != "dataset":
         return cfg
     meta = criteo.ensure_processed(cfg.data, cfg.train.numpy_rand_seed, rank)
-    sizes = criteo.table_sizes(meta["counts"], cfg.model.embedding_sizes)
-    dense = criteo.dense_features(cfg.data.dense_features)
+    sizes = criteo_files.table_sizes(meta["counts"], cfg.model.embedding_sizes)
+    dense = criteo_files.dense_features(cfg.data.dense_features)
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, embedding_sizes=sizes),

@@ -1,32 +1,35 @@
-"""Planning without a cluster: constraints from the config, errors that name the table,
-MLPerf's tables on 8-128 GPUs, per-rank memory against a hand computation, the plan CLI."""
+"""Planning without a cluster or a process group: constraints from the config, errors that
+name the table, MLPerf's tables on 8-128 GPUs, per-rank memory against a hand computation."""
 
 from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from dlrm_dist import planning
+from dlrm_dist import plan_report, planning
 from dlrm_dist.arch import derive_arch
 from dlrm_dist.cli import parse_args
 from dlrm_dist.data.reference_random import RandomDataSpec, draw_batch
 from dlrm_dist.errors import ConfigError
 from dlrm_dist.model import DLRM
+from tests.common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MLPERF = str(ROOT / "configs" / "mlperf_dcnv2.toml")
+
+
 MLPERF_ROWS = [
     40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
     2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36,
 ]  # fmt: skip
+
+
 GIB = 2**30
+
+
 CPU_TYPES = ["table_wise", "column_wise", "table_column_wise", "data_parallel"]
 
 
@@ -47,9 +50,6 @@ def _constraints(dims, device="cpu", overrides=None, *argv):
 
 def _allowed(constraints) -> dict[str, tuple[list[str], list[str]]]:
     return {k: (c.sharding_types, c.compute_kernels) for k, c in constraints.items()}
-
-
-# --- constraints ------------------------------------------------------------------------
 
 
 def test_auto_leaves_the_planner_what_the_device_runs():
@@ -105,7 +105,7 @@ def test_a_1_percent_cache_plans_mlperf_onto_16_gb_gpus():
     )
     model = DLRM(derive_arch(cfg.model), cfg.model, device="meta")
     result = planning.plan_for_config(model, cfg, 8, "cuda", 8)
-    text = planning.describe_plan(result)
+    text = plan_report.describe_plan(result)
     big = next(line for line in text.splitlines() if line.startswith("t_cat_0 "))
     hbm, ddr = (float(x) for x in big.split()[-2:])
     weights = 40_000_000 * 128 * 4 / GIB  # 19.07 GB: in host memory, 1 % cached in HBM
@@ -157,9 +157,6 @@ def test_pooling_factors_are_the_multi_hot_sizes_or_the_mean_bag_size():
     assert planning.expected_pooling_factors(fixed, [100, 2]) == [4.0, 4.0]
     multi = parse_args(["--data-generation=random-fast", "--multi-hot-sizes=3-100-1"]).data
     assert planning.expected_pooling_factors(multi, [4, 3, 2]) == [3.0, 100.0, 1.0]
-
-
-# --- errors -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -277,9 +274,6 @@ def test_tables_that_fit_alone_but_not_together_say_how_much_is_missing():
     assert "raise --ddr-gb (now 1.0), use more ranks (now 2)" in str(err.value)
 
 
-# --- plans ------------------------------------------------------------------------------
-
-
 def _rank_set(text: str) -> list[int]:
     out = []
     for part in text.split(","):
@@ -322,7 +316,7 @@ def _assert_mlperf_plan(text: str, world: int) -> None:
 def test_mlperf_plans_on_8_to_128_gpus_of_141_gb(world):
     cfg, model = _model(["--config", MLPERF, "--hbm-gb=141"])
     result = planning.plan_for_config(model, cfg, world, "cuda", 8)
-    _assert_mlperf_plan(planning.describe_plan(result), world)
+    _assert_mlperf_plan(plan_report.describe_plan(result), world)
 
 
 @pytest.mark.parametrize(
@@ -343,7 +337,7 @@ def test_per_rank_memory_of_a_table_wise_plan_matches_a_hand_count(optimizer, st
             "--ddr-gb=16",
         ]
     )
-    text = planning.describe_plan(planning.plan_for_config(model, cfg, world, "cpu", world))
+    text = plan_report.describe_plan(planning.plan_for_config(model, cfg, world, "cpu", world))
     want = {r: 0.0 for r in range(world)}
     for i, (n, k) in enumerate(zip(rows, bags)):
         row = _row(text, f"t_cat_{i}").split()
@@ -359,79 +353,5 @@ def test_per_rank_memory_of_a_table_wise_plan_matches_a_hand_count(optimizer, st
     assert "memory: the planner's estimates per shard" in text
 
 
-def test_the_trainer_logs_the_plan_on_rank_0(caplog):
-    from dlrm_dist.train import run
-
-    argv = ["--arch-embedding-size=4-3-2", "--num-batches=1", "--progress-bar=false"]
-    with caplog.at_level(logging.INFO, logger="dlrm_dist"):
-        run(parse_args(argv))
-    assert "Sharding plan: 3 tables on 1 cpu rank(s)" in caplog.text
-    assert re.search(r"^t_cat_2 +2 x 2 +data_parallel +dense +0 ", caplog.text, re.M)
-
-
-def plan_on_every_rank(argvs: list[list[str]]) -> list[str]:
-    """One rank of a 2-rank group planning each argv: the plan, or the error it raised."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo")
-    out = []
-    for argv in argvs:
-        cfg, model = _model(argv)
-        try:
-            result = planning.plan_for_config(model, cfg, 2, "cpu", 2, pg=dist.GroupMember.WORLD)
-            out.append(str(result.plan))
-        except ConfigError as exc:
-            out.append(f"ConfigError: {exc}")
-    dist.destroy_process_group()
-    return out
-
-
-@pytest.mark.slow  # two spawned processes importing torchrec: ~20 s
-@pytest.mark.timeout(200)
-def test_in_a_process_group_every_rank_gets_rank_0s_plan_or_its_error():
-    from tests.multiprocess import launch
-
-    fits = ["--arch-embedding-size=1000-2000", "--arch-sparse-feature-size=8", "--arch-mlp-bot=4-8"]
-    too_big = [*fits[1:], "--arch-embedding-size=100000000-2", "--ddr-gb=1"]
-    got = launch(2, plan_on_every_rank, [fits, too_big])
-    assert got[0] == got[1]  # and neither rank waited forever for a failed rank 0
-    assert "t_cat_1" in got[0][0]
-    assert got[0][1].startswith("ConfigError: cannot fit on one rank: t_cat_0 (100000000 x 8)")
-
-
 def test_ranks_are_shown_compactly():
-    assert planning._compact_ranks([9, 0, 1, 2, 3, 7, 10]) == "0-3,7,9-10"
-
-
-# --- the CLI ----------------------------------------------------------------------------
-
-
-def test_plan_cli_prints_a_64_gpu_plan_and_fails_in_one_line():
-    def start(*args: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dlrm_dist.plan", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    good = start("--config", MLPERF, "--world-size", "64", "--device", "cuda", "--hbm-gb", "141")
-    bad = start("--config", MLPERF, "--world-size=2", "--device=cuda", "--hbm-gb=8")
-    out, err = good.communicate(timeout=120)
-    assert good.returncode == 0, err
-    assert "HBM 141.0 GB (--hbm-gb)" in out
-    _assert_mlperf_plan(out, 64)
-    out, err = bad.communicate(timeout=120)
-    assert bad.returncode == 2
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ERROR: cannot fit on one rank: t_cat_0 ")
-
-
-def test_plan_cli_help_shows_its_flags_and_the_trainers(capsys):
-    from dlrm_dist.plan import main
-
-    assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    assert "--world-size" in out and "--batch-size-per-rank" in out and "--arch-mlp-bot" in out
+    assert plan_report.compact_ranks([9, 0, 1, 2, 3, 7, 10]) == "0-3,7,9-10"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,10 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dlrm_dist.checkpoint import list_checkpoints
 from dlrm_dist.train import main
-from tests.common import TINY_JOB, file_hashes
+from tests.common import ROOT, file_hashes, free_port, tiny_job
 from tests.fault_hooks import arm
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    *TINY_JOB,
-    "--data-generation=random-fast",
-    "--sharding-type=table_wise",
-    "--threads=1",
-]
+TINY = tiny_job(data_generation="random-fast", sharding_type="table_wise", threads=1)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -118,18 +111,12 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_never_stopped(
 
 
 # --- no hangs: a peer stalls or dies, the other stops within --dist-timeout ------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("action", ["stall", "exit"])
 def test_a_peer_that_stalls_or_dies_stops_the_other_rank_within_the_timeout(tmp_path, action):
     """Two ranks started by hand (no launcher to stop the survivor, as across nodes)."""
     timeout_s, mark = 5, tmp_path / "fired"
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in (0, 1):
         env = _env(

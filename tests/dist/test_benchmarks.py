@@ -10,18 +10,24 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.common import ROOT
 
 
-def test_cpu_benchmark_smoke_reports_identical_data_and_the_time_breakdown():
+def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/SCRIPT ARGS run to its end (it must exit 0); its output."""
     proc = subprocess.run(
-        [sys.executable, "benchmarks/cpu_vs_reference.py", "--smoke", "--configs", "B"],
+        [sys.executable, f"benchmarks/{script}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_cpu_benchmark_smoke_reports_identical_data_and_the_time_breakdown():
+    proc = _benchmark("cpu_vs_reference.py", "--smoke", "--configs", "B")
     out = proc.stdout
     assert "| B | 100 | 3 |" in out
     rows = [line for line in out.splitlines() if line.startswith("| B |")]
@@ -33,14 +39,7 @@ def test_cpu_benchmark_smoke_reports_identical_data_and_the_time_breakdown():
 
 
 def test_ranks_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/ranks_cpu.py", "--smoke", "--configs", "C"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _benchmark("ranks_cpu.py", "--smoke", "--configs", "C")
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| C |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 4 and cells[3].endswith("x")
@@ -98,20 +97,7 @@ def test_gpu_check_stops_a_stage_at_its_budget_and_runs_the_next(tmp_path):
 
 
 def test_criteo_loader_benchmark_smoke_reports_every_measurement():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/criteo_loader.py",
-            "--lines=4000",
-            "--batch=256",
-            "--train-batches=3",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _benchmark("criteo_loader.py", "--lines=4000", "--batch=256", "--train-batches=3")
     out = proc.stdout
     for what in (
         "preprocess vocab:",
@@ -126,3 +112,20 @@ def test_criteo_loader_benchmark_smoke_reports_every_measurement():
         line = next((x for x in out.splitlines() if x.startswith(what)), None)
         assert line is not None, (what, out)
         assert float(line[len(what) :].split()[0].replace(",", "")) > 0, line
+
+
+def test_data_generators_benchmark_smoke_prints_the_table():
+    proc = _benchmark("data_generators.py", "--smoke")
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| C |", "| L |"))]
+    assert len(rows) == 2 and "- machine:" in proc.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 9 and all(c.endswith("x") and float(c[:-1]) > 0 for c in cells[7:])
+
+
+def test_random_fast_torch_benchmark_smoke_prints_the_ratio_and_identical_batches():
+    proc = _benchmark("random_fast_torch.py", "--smoke")
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| torch-")]
+    assert rows and all(ln.endswith("| yes |") for ln in rows), proc.stdout
+    ratio = rows[0].split("|")[4].strip()
+    assert ratio.endswith("x") and float(ratio[:-1]) > 0

@@ -1,33 +1,38 @@
-"""Launching: the torchx component's AppDef, dry runs for local/Slurm/Kubernetes, a real
-2-rank local job, a two-"node" loopback run under torchrun, and the Docker images."""
+"""Launching for real: torchx dry runs for local/Slurm/Kubernetes, a 2-rank local job, a
+two-"node" loopback run under torchrun, hadolint on the Dockerfiles."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from launch.components import CHECKPOINT_MOUNT, DATA_MOUNT, DEFAULT_IMAGE, train
+from launch.components import DEFAULT_IMAGE
+from tests.common import ROOT, free_port, tiny_job
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = [
-    "--num-batches=4",
-    "--print-freq=2",
-    "--mini-batch-size=32",
-    "--arch-embedding-size=100-200-300",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=13-8-4",
-    "--data-generation=random-fast",
-    "--progress-bar=false",
-]
+
+
+# 4 batches of 32 on 3 tables, mse on the default top MLP
+TINY = tiny_job(
+    num_batches=4,
+    print_freq=2,
+    mini_batch_size=32,
+    arch_embedding_size="100-200-300",
+    arch_mlp_bot="13-8-4",
+    arch_mlp_top="4-2-1",
+    loss_function="mse",
+    round_targets=False,
+    nepochs=1,
+    learning_rate=0.01,
+    optimizer="sgd",
+    data_generation="random-fast",
+)
 
 
 def _torchx(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -40,46 +45,6 @@ def _torchx(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         timeout=timeout,
         env=env,
     )
-
-
-def test_component_defaults_make_a_two_rank_job_of_the_default_config():
-    app = train()
-    (role,) = app.roles
-    cmd = " ".join([role.entrypoint, *role.args])
-    assert "torchrun" in cmd and "--nnodes 1 --nproc_per_node 2" in cmd
-    assert cmd.endswith("-m dlrm_dist.train --config configs/default.toml")
-    assert role.num_replicas == 1 and role.image == DEFAULT_IMAGE
-    assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (2, 0, 8192)
-    assert role.env["PYTHONUNBUFFERED"] == "1" and role.max_retries == 0
-    assert role.mounts == []
-
-
-def test_component_passes_nodes_gpus_overrides_env_retries_and_mounts():
-    app = train(
-        "--num-batches=10",
-        config="configs/mlperf_dcnv2.toml",
-        image="registry/x:1",
-        j="2x8",
-        gpu=8,
-        cpu=64,
-        memMB=512000,
-        env={"NCCL_DEBUG": "INFO"},
-        max_retries=3,
-        data_dir="/mnt/criteo",
-        checkpoint_dir="/mnt/ckpt",
-    )
-    (role,) = app.roles
-    cmd = " ".join([role.entrypoint, *role.args])
-    assert "--nnodes 2 --nproc_per_node 8" in cmd and role.num_replicas == 2
-    assert cmd.endswith(
-        "-m dlrm_dist.train --config configs/mlperf_dcnv2.toml --use-gpu "
-        f"--checkpoint-dir {CHECKPOINT_MOUNT} --num-batches=10"
-    )
-    assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (64, 8, 512000)
-    assert role.image == "registry/x:1" and role.max_retries == 3
-    assert role.env["NCCL_DEBUG"] == "INFO"
-    mounts = {(m.src_path, m.dst_path, m.read_only) for m in role.mounts}
-    assert mounts == {("/mnt/criteo", DATA_MOUNT, True), ("/mnt/ckpt", CHECKPOINT_MOUNT, False)}
 
 
 def _unwrap(text: str) -> str:
@@ -137,15 +102,9 @@ def test_local_cwd_runs_a_two_rank_gloo_job():
     assert "Finished training it 4/4 of epoch 0" in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_two_nodes_on_loopback_train_together():
-    port = _free_port()
+    port = free_port()
 
     def node(rank: int) -> subprocess.Popen:
         cmd = [
@@ -170,27 +129,6 @@ def test_two_nodes_on_loopback_train_together():
     assert [p.returncode for p in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     both = "".join(outs)
     assert "dlrm_dist: 2 rank(s)" in both and "Finished training it 4/4 of epoch 0" in both
-
-
-def _pins() -> dict[str, str]:
-    """The default install's versions: the newest tested stack."""
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return meta["tool"]["dlrm_dist"]["stacks"]["newest"]
-
-
-@pytest.mark.parametrize(
-    ("dockerfile", "fbgemm"), [("Dockerfile", "fbgemm-gpu"), ("Dockerfile.cpu", "fbgemm-gpu-cpu")]
-)
-def test_dockerfiles_use_the_pyproject_pins_and_a_non_root_user(dockerfile, fbgemm):
-    text = (ROOT / "docker" / dockerfile).read_text()
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
-    pins = _pins()
-    assert args["TORCH_VERSION"] == pins["torch"]
-    assert args["FBGEMM_VERSION"] == pins["fbgemm"]
-    assert args["FBGEMM_PACKAGE"] == fbgemm
-    assert args["TORCHREC_VERSION"] == pins["torchrec"]
-    assert re.search(rf"^FROM python:{re.escape(pins['python'])}\.\d+-", text, re.M)
-    assert re.search(r"^USER 1000$", text, re.M)
 
 
 def test_dockerfiles_pass_hadolint():

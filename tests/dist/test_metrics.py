@@ -7,36 +7,18 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dlrm_dist.cli import parse_args
-from dlrm_dist.errors import ConfigError
 from dlrm_dist.lr_policy import lr_at
 from dlrm_dist.metrics import read_metrics
 from dlrm_dist.report import plot
 from dlrm_dist.train import run
+from tests.common import ROOT
 from tests.multiprocess import launch, train_many
-
-ROOT = Path(__file__).resolve().parents[1]
-ARGV = [
-    "--arch-embedding-size=100-200-300",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=13-8-4",
-    "--mini-batch-size=32",
-    "--num-batches=12",
-    "--data-generation=random-fast",
-    "--loss-function=bce",
-    "--round-targets=true",
-    "--learning-rate=0.2",
-    "--lr-num-warmup-steps=4",
-    "--lr-decay-start-step=4",
-    "--print-freq=4",
-    "--test-freq=6",
-    "--progress-bar=false",
-]
+from tests.unit.test_metrics import ARGV
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +116,6 @@ def test_log_line_carries_rank_rate_lr_data_wait_and_memory(capsys):
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Finished")]
     assert len(lines) == 3
     assert re.search(r"\(\d+/rank, [\d.]+ ms/step, lr 0.2, data [\d.]+ %, peak mem", lines[-1])
-
-
-def test_profiling_needs_a_run_dir():
-    with pytest.raises(ConfigError, match="--enable-profiling needs --run-dir"):
-        parse_args([*ARGV, "--enable-profiling"])
 
 
 @pytest.mark.timeout(300)

@@ -6,10 +6,6 @@ same definitions, tested against the laws in test_random_fast.py), never the tor
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -19,9 +15,12 @@ from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData, _Zipf, draw
 from dlrm_dist.data.random_fast_torch import TorchRandomFastData, TorchRawBatch, draw_slice_torch
 from dlrm_dist.data.reference_random import RawBatch
 
-ROOT = Path(__file__).resolve().parents[1]
 BIG = 40_000_000  # the MLPerf DCNv2 tables' rows
+
+
 FIELDS = ("dense", "lengths", "values", "targets")
+
+
 SPECS = {
     "uniform-random-bags": FastDataSpec(dense_features=3, table_sizes=(100, 7, 3, 1, BIG)),
     "uniform-fixed-rounded": FastDataSpec(
@@ -102,9 +101,6 @@ def assert_same_batches(ours, ref) -> None:
             assert x.dtype == y.dtype and torch.equal(x.cpu(), y)
 
 
-# ------------------------------------------------------------------ equal to numpy
-
-
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_every_field_equals_numpy_for_any_batch_stream_and_sample_range(name):
     spec = SPECS[name]
@@ -180,9 +176,6 @@ def test_bad_ranges_and_specs_are_refused_like_numpys():
         TorchRandomFastData(spec, 1, 2, 15, rank=0, world_size=2)
 
 
-# ------------------------------------------------------------------ exact mode
-
-
 def near_half_integer_uniforms(zipf: _Zipf, s: float) -> np.ndarray:
     """Uniforms u whose zipf tail rank x lies within a few ulp of k + 1/2 (the rounding
     boundary), k spread over [1100, 39M]: where device and numpy floats may round apart."""
@@ -221,37 +214,3 @@ def test_exact_gaussian_values_redone_on_the_host_are_numpys(monkeypatch):
     assert (loose.values != ref.values).sum() > 0
     monkeypatch.setattr(rft, "_TOL", 1.0)  # every value counts as near a boundary
     assert_equal(draw_slice_torch(spec, 2, 0, 0, 0, 500, exact=True), ref)
-
-
-# ------------------------------------------------------------------ CUDA and benchmark
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_draws_equal_the_numpy_draws():
-    cuda = torch.device("cuda")
-    for name, spec in SPECS.items():
-        for exact in (True, False):
-            ours = draw_slice_torch(spec, 4, 1, 3, 0, 4096, cuda, exact=exact)
-            assert ours.values.device.type == "cuda", name
-            assert_equal(ours, draw_slice(spec, 4, 1, 3, 0, 4096))
-    spec = SPECS["uniform-random-bags"]
-    args = (spec, 9, 0, 16, 1, 2, 44, 0)
-    data = TorchRandomFastData(*args, device=cuda)
-    assert next(iter(data)).sparse_features.values().device.type == "cuda"
-    assert_same_batches(data, RandomFastData(*args))
-
-
-def test_benchmark_smoke_prints_the_ratio_and_identical_batches():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/random_fast_torch.py", "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| torch-")]
-    assert rows and all(ln.endswith("| yes |") for ln in rows), proc.stdout
-    ratio = rows[0].split("|")[4].strip()
-    assert ratio.endswith("x") and float(ratio[:-1]) > 0

@@ -12,7 +12,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +20,16 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from dlrm_dist.checkpoint import CheckpointManager, list_checkpoints
 from dlrm_dist.cli import parse_args
-from dlrm_dist.config import Config, apply_overrides, to_toml
 from dlrm_dist.train import main, run
-from tests.common import TINY_JOB, file_hashes
+from tests.common import ROOT, file_hashes
 from tests.kill_after_save import train_then_die
 from tests.multiprocess import launch, train_many
+from tests.unit.test_checkpoint import BASE, REFERENCE
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = TINY_JOB
 STEPS = 12  # 6 batches, 2 epochs
+
+
 FAST = [*BASE, "--data-generation=random-fast", "--sharding-type=table_wise"]
-# the reference's stream: evaluation (every 3 steps) draws from it between train batches
-REFERENCE = [*BASE, "--data-generation=random", "--sharding-type=table_wise", "--test-freq=3"]
 
 
 def _run(argv: list[str]):
@@ -213,6 +210,8 @@ def _broken_copies(saved: Path, root: Path, marker: Path) -> dict[str, Path]:
 
 
 T_CAT_3 = "sparse_arch.embedding_bag_collection.embedding_bags.t_cat_3.weight"
+
+
 # case: (flags, what the ERROR line says); {saved} and {broken} are filled in
 BAD = {
     "missing": (["--resume={root}/nope"], "nope does not exist"),
@@ -288,11 +287,3 @@ def test_bad_checkpoints_exit_2_from_the_command_line_without_traceback(bad):
         assert len(errors) == 1 and errors[0].startswith("ERROR: ") and says in errors[0]
         assert "Traceback" not in out + err
     assert file_hashes(root) == before
-
-
-def test_the_saved_config_reads_back_as_the_same_config():
-    cfg = parse_args(
-        [*REFERENCE, "--loss-weights=0.5-2.0", '--checkpoint-dir=c d/"q"', "--resume=auto"]
-    )
-    cfg.sharding.tables = {"t_cat_0": {"sharding_type": "column_wise"}}
-    assert apply_overrides(Config(), tomllib.loads(to_toml(cfg))) == cfg

@@ -16,25 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrm_dist.data import criteo, criteo_tsv
-from dlrm_dist.data.criteo import Preprocessor, Settings
-from dlrm_dist.data.criteo_data import Bijection, CriteoData
-from dlrm_dist.data.multi_hot import MultiHot
+from dlrm_dist.data import criteo_files
+from dlrm_dist.data.criteo import Preprocessor
+from dlrm_dist.data.criteo_data import CriteoData
+from dlrm_dist.data.criteo_files import Settings
 from dlrm_dist.errors import ConfigError
 from dlrm_dist.train import main
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-# --- writing raw files ----------------------------------------------------------------
-
-
-def _line(label, ints, cats) -> str:
-    """One raw line: None is an empty field; ints as given; cats as 8-digit hex unless str."""
-    fields = ["" if label is None else str(label)]
-    fields += ["" if v is None else str(v) for v in ints]
-    fields += ["" if v is None else (v if isinstance(v, str) else f"{v:08x}") for v in cats]
-    return "\t".join(fields)
+from tests.common import ROOT
+from tests.unit.test_criteo import BAD, GOOD, SIZES, _line
 
 
 def _random_lines(rng: np.random.Generator, n: int, first_id: int = 0) -> list[str]:
@@ -81,19 +70,6 @@ def _terabyte(tmp_path: Path, per_day: int = 4, gz_days=()) -> Path:
         suffix = ".gz" if day in gz_days else ""
         _write(tmp_path / f"day_{day}{suffix}", _random_lines(rng, per_day, day * per_day))
     return tmp_path / "day"
-
-
-# --- transforms -----------------------------------------------------------------------
-
-
-def test_feature_counts_are_torchrecs():
-    from torchrec.datasets import criteo as tr
-
-    assert (criteo_tsv.NUM_DENSE, criteo_tsv.NUM_SPARSE) == (
-        tr.INT_FEATURE_COUNT,
-        tr.CAT_FEATURE_COUNT,
-    )
-    assert criteo.DAYS["terabyte"] == tr.DAYS
 
 
 HAND = [  # label, 13 ints, 26 categories: negatives, empties, long ints, short/upper hex
@@ -165,23 +141,6 @@ def test_sub_sampling_drops_only_negatives_at_the_rate(tmp_path):
     assert _preprocess(raw, tmp_path / "c")["days"][0]["dropped_negatives"] == 0
 
 
-# --- malformed input ------------------------------------------------------------------
-
-GOOD = _line(0, [1] * 13, [1] * 26)
-BAD = [
-    (_line(0, [1] * 12, [1] * 26), "39 tab-separated fields, expected 40"),
-    (GOOD + "\t", "41 tab-separated fields"),
-    ("", "1 tab-separated fields"),
-    (_line(0, [1, "12a"] + [1] * 11, [1] * 26), "field 3 (I2) '12a' is not an integer"),
-    (_line(0, ["-"] + [1] * 12, [1] * 26), "field 2 (I1) '-' is not an integer"),
-    (_line(0, ["1" * 19] + [1] * 12, [1] * 26), "is not an integer of at most 18 digits"),
-    (_line(0, [1] * 13, [1, "zz12"] + [1] * 24), "field 16 (C2) 'zz12' is not a hex category"),
-    (_line(0, [1] * 13, ["123456789"] + [1] * 25), "field 15 (C1) '123456789' is not a hex"),
-    (_line(2, [1] * 13, [1] * 26), "field 1 (label) '2' is not 0 or 1"),
-    (_line(0, [1] * 13, [1] * 25 + ["ab\rcd"]), "field 40 (C26)"),
-]
-
-
 @pytest.mark.parametrize("bad,reason", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_a_malformed_line_is_an_error_naming_file_and_line(tmp_path, bad, reason):
     raw = _write(tmp_path / "train.txt", [GOOD, GOOD, bad, GOOD])
@@ -205,16 +164,6 @@ def test_skip_bad_lines_skips_and_counts_them(tmp_path, caplog):
     assert sum(d["lines"] for d in meta["days"]) == len(lines)
     assert f"{len(BAD)} bad lines skipped" in caplog.text
     assert f"first bad line: {raw}:2: " in caplog.text
-
-
-def test_parser_and_describe_agree_on_every_case():
-    for bad, _ in BAD:
-        parsed = criteo_tsv.parse_block((GOOD + "\n" + bad + "\n").encode())
-        assert parsed.bad.tolist() == [1] and parsed.labels.size == 1
-        assert criteo_tsv.describe(bad.encode()) != "malformed line"
-
-
-# --- line ends, empty files, gzip -----------------------------------------------------
 
 
 def test_crlf_missing_final_newline_and_gzip_read_the_same(tmp_path):
@@ -246,13 +195,13 @@ def test_empty_files(tmp_path):
     meta = _preprocess(raw, tmp_path / "t", "terabyte")
     assert [d["rows"] for d in meta["days"]][4:7] == [3, 0, 3]
     with pytest.raises(ConfigError, match="empty table"):
-        criteo.table_sizes([0] * 26, [4, 3, 2])
+        criteo_files.table_sizes([0] * 26, [4, 3, 2])
 
 
 def test_terabyte_days_plain_or_gzip(tmp_path):
     _terabyte(tmp_path / "a")
     raw = _terabyte(tmp_path / "b", gz_days=(0, 7, 23))
-    assert criteo.raw_files("terabyte", str(raw))[7].name == "day_7.gz"
+    assert criteo_files.raw_files("terabyte", str(raw))[7].name == "day_7.gz"
     meta_a = _preprocess(tmp_path / "a" / "day", tmp_path / "pa", "terabyte")
     meta_b = _preprocess(raw, tmp_path / "pb", "terabyte")
     assert meta_a["counts"] == meta_b["counts"]
@@ -265,9 +214,6 @@ def test_a_missing_terabyte_day_is_an_error(tmp_path):
     (tmp_path / "day_9").unlink()
     with pytest.raises(ConfigError, match="day_9 does not exist"):
         _preprocess(raw, tmp_path / "p", "terabyte")
-
-
-# --- resuming -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("encoding", ["vocab", "hash"])
@@ -353,9 +299,6 @@ def test_complete_data_with_other_settings_is_an_error(tmp_path):
         _preprocess(raw, tmp_path / "p", max_ind_range=5)
 
 
-# --- splits, shuffling, rank slices ---------------------------------------------------
-
-
 def _ids(data: CriteoData, index: int) -> list[int]:
     """The line ids (I1) of this rank's slice of a batch (dense = log(id + 1))."""
     return np.rint(np.expm1(data.raw(index).dense[:, 0].astype(np.float64))).astype(int).tolist()
@@ -382,15 +325,6 @@ def test_terabyte_test_and_val_halve_day_23(tmp_path):
     assert train.rows == 23 * 5 and _ids(train, 0) == list(range(115))
     assert _ids(CriteoData(tmp_path / "p", "test", 10), 0) == [115, 116, 117]
     assert _ids(CriteoData(tmp_path / "p", "val", 10), 0) == [118, 119]
-
-
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 1000, 4097])
-def test_bijection_is_a_permutation(n):
-    perm = Bijection(n, 7)(np.arange(n))
-    np.testing.assert_array_equal(np.sort(perm), np.arange(n))
-    if n > 16:
-        assert not (perm == np.arange(n)).all()
-        assert not (perm == Bijection(n, 8)(np.arange(n))).all()
 
 
 @pytest.fixture(scope="module")
@@ -467,46 +401,6 @@ def test_torchrec_reads_the_processed_files(processed_100):
     np.testing.assert_array_equal(theirs.labels.numpy(), ours.targets[:, 0])
 
 
-# --- the command and the trainer ------------------------------------------------------
-
-
-def test_reference_flags_map_onto_the_data_section():
-    from dlrm_dist.cli import parse_args
-
-    d = parse_args(
-        [
-            "--data-generation=dataset",
-            "--data-set=terabyte",
-            "--raw-data-file=input/day",
-            "--max-ind-range=10000000",
-            "--data-sub-sample-rate=0.875",
-            "--data-randomize=day",
-            "--skip-bad-lines",
-        ]
-    ).data
-    assert (d.data_set, d.raw_data_file, d.max_ind_range) == ("terabyte", "input/day", 10**7)
-    assert (d.data_sub_sample_rate, d.data_randomize, d.skip_bad_lines) == (0.875, "day", True)
-    assert criteo.processed_dir(d) == Path("input/day_processed")
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        ([], "needs --raw-data-file"),
-        (["--raw-data-file=x", "--data-set=criteo"], "--data-set=criteo is not supported"),
-        (["--raw-data-file=x", "--data-randomize=epoch"], "--data-randomize=epoch is not"),
-        (["--raw-data-file=x", "--data-sub-sample-rate=1"], "must lie in \\[0, 1\\)"),
-        (["--raw-data-file=x", "--data-cat-encoding=hash"], "hash needs --max-ind-range > 0"),
-        (["--raw-data-file=x", f"--max-ind-range={1 << 31}"], "must be below 2\\^31"),
-    ],
-)
-def test_dataset_settings_are_checked(argv, message):
-    from dlrm_dist.cli import parse_args
-
-    with pytest.raises(ConfigError, match=message):
-        parse_args(["--data-generation=dataset", *argv])
-
-
 def test_preprocess_command(tmp_path):
     raw = _write(tmp_path / "train.txt", _random_lines(np.random.default_rng(6), 30))
     cmd = [sys.executable, "-m", "dlrm_dist.data.criteo", "preprocess", "--raw-data-file"]
@@ -566,9 +460,6 @@ def test_trainer_preprocesses_then_trains(tmp_path, capsys):
     )
 
 
-# --- it learns ------------------------------------------------------------------------
-
-
 def _planted(path: Path, n: int, seed: int, shuffle_labels: bool = False) -> Path:
     """Labels from a logistic model of I1, I2 (log scale), C1 and C2; the rest is noise."""
     rng = np.random.default_rng(seed)
@@ -613,11 +504,6 @@ def test_it_learns_a_planted_signal_on_two_ranks_and_not_shuffled_labels(tmp_pat
     assert [run["evals"] for run in results[1]] == [run["evals"] for run in results[0]]
     assert signal > 0.75, signal  # ~0.9
     assert abs(shuffled - 0.5) < 0.08, shuffled
-
-
-# --- multi-hot ------------------------------------------------------------------------
-
-SIZES = [1 + t % 5 for t in range(26)]  # 1..5, every table
 
 
 def _bags(raw, sizes=SIZES) -> list[np.ndarray]:
@@ -671,86 +557,6 @@ def test_an_id_always_expands_to_the_same_bag(processed_100, distribution):
     for data in (full, full, *ranks, CriteoData(processed_100, "test", 5, **kw)):
         record(data)
     assert any(len(set(bag)) > 1 for bag in seen.values())  # not all copies of the id
-
-
-def test_multi_hot_depends_on_the_seed():
-    a = MultiHot([8], [1000], seed=1).bags(0, np.arange(100))
-    b = MultiHot([8], [1000], seed=2).bags(0, np.arange(100))
-    np.testing.assert_array_equal(a[:, 0], b[:, 0])
-    assert (a[:, 1:] != b[:, 1:]).mean() > 0.99
-    np.testing.assert_array_equal(a, MultiHot([8], [1000], seed=1).bags(0, np.arange(100)))
-    # a slot does not depend on the bag size, nor on the other ids asked with it
-    np.testing.assert_array_equal(a[:, :5], MultiHot([5], [1000], seed=1).bags(0, np.arange(100)))
-    np.testing.assert_array_equal(a[7:9], MultiHot([8], [1000], seed=1).bags(0, np.array([7, 8])))
-
-
-def test_multi_hot_uniform_ids_are_uniform():
-    rows = 50
-    draws = MultiHot([11], [rows], "uniform", seed=5).bags(0, np.arange(20000))[:, 1:]
-    counts = np.bincount(draws.ravel(), minlength=rows)
-    expected = draws.size / rows
-    chi2 = float(((counts - expected) ** 2 / expected).sum())  # ~ chi-square, 49 dof
-    assert chi2 < 49 + 6 * math.sqrt(2 * 49), chi2
-    big = MultiHot([3], [10**9], "uniform", seed=5).bags(0, np.arange(50000))[:, 1:]
-    assert abs(big.mean() / 1e9 - 0.5) < 0.01 and big.max() < 10**9
-
-
-def _pareto_mod_is(value: int, rows: int, a: float = 0.25, terms: int = 10**6) -> float:
-    """P(int(X) % rows == value), X ~ numpy's pareto(a): P(X > x) = (1 + x)^-a, summed over
-    X in [m rows + value, m rows + value + 1), m < terms, plus the rest as an integral."""
-    m = np.arange(terms, dtype=np.float64) * rows + value
-    head = float(((1 + m) ** -a - (2 + m) ** -a).sum())
-    x = (terms - 0.5) * rows + value  # sum over m >= terms ~ integral from terms - 1/2
-    return head + ((2 + x) ** (1 - a) - (1 + x) ** (1 - a)) / (rows * (1 - a))
-
-
-@pytest.mark.parametrize("rows", [10, 1000])
-def test_multi_hot_pareto_follows_its_closed_form(rows):
-    draws = MultiHot([6], [rows], "pareto", seed=7).bags(0, np.arange(40000))[:, 1:].ravel()
-    assert draws.min() >= 0 and draws.max() < rows
-    numpy_draws = np.random.default_rng(0).pareto(0.25, draws.size).tolist()
-    theirs = np.array([int(x) % rows for x in numpy_draws])  # MLPerf's formula, exact ints
-    for value in (0, 1, 3):
-        want = _pareto_mod_is(value, rows)
-        tol = 6 * math.sqrt(want * (1 - want) / draws.size)
-        assert abs((draws == value).mean() - want) < tol, (value, want)
-        assert abs((theirs == value).mean() - want) < tol  # the closed form is numpy's law
-    assert (draws == 0).mean() > 0.15  # concentrated at small ids (uniform: 1 / rows)
-
-
-def test_multi_hot_settings_are_checked():
-    from dlrm_dist.cli import parse_args
-
-    base = ["--data-generation=dataset", "--raw-data-file=x"]
-    sizes = ",".join(map(str, SIZES))
-    d = parse_args([*base, f"--multi-hot-sizes={sizes}", "--multi-hot-distribution=pareto"]).data
-    assert (d.multi_hot_sizes, d.multi_hot_distribution) == (SIZES, "pareto")
-    for argv, message in [
-        (["--multi-hot-sizes=3,2"], "one positive size per table \\(26 tables: Criteo's"),
-        ([f"--multi-hot-sizes=0,{sizes[2:]}"], "table 0 has 0"),
-        (["--multi-hot-distribution=pareto"], "pareto needs --data-generation=dataset and"),
-        ([f"--multi-hot-sizes={sizes}", "--multi-hot-distribution=zipf"], "zipf is not supp"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            parse_args([*base, *argv])
-    with pytest.raises(ConfigError, match="random-fast or dataset"):
-        parse_args([f"--multi-hot-sizes={sizes}"])  # the reference's random data
-    with pytest.raises(ConfigError, match="needs --data-generation=dataset"):
-        parse_args(["--data-generation=random-fast", "--multi-hot-distribution=pareto"])
-    mlperf = parse_args(["--config", str(ROOT / "configs" / "mlperf_dcnv2.toml"), *base]).data
-    assert len(mlperf.multi_hot_sizes) == 26 and mlperf.multi_hot_distribution == "uniform"
-
-
-def test_planner_pooling_factors_for_criteo():
-    from dlrm_dist import planning
-    from dlrm_dist.cli import parse_args
-
-    base = ["--data-generation=dataset", "--raw-data-file=x"]
-    one = parse_args(base).data
-    assert planning.expected_pooling_factors(one, [10] * 26) == [1.0] * 26
-    sizes = ",".join(map(str, SIZES))
-    multi = parse_args([*base, f"--multi-hot-sizes={sizes}"]).data
-    assert planning.expected_pooling_factors(multi, [10] * 26) == [float(k) for k in SIZES]
 
 
 def test_trainer_trains_multi_hot_criteo(tmp_path, capsys):

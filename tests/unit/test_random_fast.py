@@ -6,10 +6,6 @@ a grid, numpy's own normal sampler, the normalized 1/k^s law), never from the ge
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -24,8 +20,9 @@ from dlrm_dist.data.random_fast import (
 )
 from dlrm_dist.data.reference_random import RawBatch, _bag_sizes
 
-ROOT = Path(__file__).resolve().parents[1]
 C = FastDataSpec(dense_features=13, table_sizes=(100,) * 12 + (1000,) * 3)
+
+
 SPECS = {
     "uniform-random-bags": FastDataSpec(dense_features=3, table_sizes=(100, 7, 3, 1)),
     "gaussian-fixed": FastDataSpec(
@@ -65,9 +62,6 @@ def differ(a: RawBatch, b: RawBatch) -> bool:
     return not np.array_equal(a.dense, b.dense) and not (
         a.values.shape == b.values.shape and np.array_equal(a.values, b.values)
     )
-
-
-# ------------------------------------------------------------------ slicing and keys
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -153,9 +147,6 @@ def test_a_spec_from_config_lists_is_the_same_spec():
     assert listed == FastDataSpec(1, (10, 20), multi_hot_sizes=(2, 3)) and hash(listed)
 
 
-# ------------------------------------------------------------------ shapes and batches
-
-
 def test_dtypes_shapes_and_unit_interval_floats():
     raw = draw_slice(C, 3, 0, 0, 0, 2000)
     assert raw.dense.dtype == np.float32 and raw.dense.shape == (2000, 13)
@@ -192,9 +183,6 @@ def test_iteration_gives_torchrec_batches_of_this_ranks_slice():
         assert torch.equal(batch.labels, torch.from_numpy(raw.targets.reshape(-1)))
 
 
-# ------------------------------------------------------------------ bag sizes
-
-
 def test_fixed_and_multi_hot_bags_have_exactly_their_size():
     fixed = draw_slice(
         FastDataSpec(2, (3, 100), num_indices_per_lookup=5, fixed=True), 0, 0, 0, 0, 50
@@ -215,9 +203,6 @@ def test_random_bag_sizes_follow_the_reference_formula():
         got = np.bincount(lengths, minlength=cap + 1)[1:] / n
         tol = 4 * np.sqrt(want * (1 - want) / n) + 1e-9
         assert (np.abs(got - want) <= tol).all(), (cap, got, want)
-
-
-# ------------------------------------------------------------------ index distributions
 
 
 def test_uniform_indices_use_the_reference_rounding():
@@ -301,22 +286,3 @@ def test_zipf_rank_to_row_map_is_a_bijection(rows):
     ranks = np.arange(rows)
     mapped = zipf.rows_of(ranks, np.zeros(rows, dtype=np.int64))
     assert np.array_equal(np.sort(mapped), ranks)
-
-
-# ------------------------------------------------------------------ the benchmark
-
-
-def test_benchmark_smoke_prints_the_table():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/data_generators.py", "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| C |", "| L |"))]
-    assert len(rows) == 2 and "- machine:" in proc.stdout
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 9 and all(c.endswith("x") and float(c[:-1]) > 0 for c in cells[7:])

@@ -29,11 +29,11 @@ from dlrm_dist.data.sources import make_data
 from dlrm_dist.evaluation import evaluate
 from dlrm_dist.train import RunResult, main, run
 from tests.common import TINY_JOB, file_hashes
+from tests.dist.test_failures import CASES, TRAIN_8
+from tests.dist.test_inference import BASE as INFERENCE_JOB
+from tests.dist.test_inference import BOUNDS, _other_batches
+from tests.dist.test_optimizers import _compare, _fused
 from tests.fault_hooks import arm
-from tests.test_failures import CASES, TRAIN_8
-from tests.test_inference import BASE as INFERENCE_JOB
-from tests.test_inference import BOUNDS, _other_batches
-from tests.test_optimizers import _compare, _fused
 
 pytestmark = [
     pytest.mark.gpu,
@@ -141,8 +141,8 @@ def test_cuda_sharding_trains_like_the_cpu(cpu_reference, sharding):
 
 
 # --- 2. the fused optimizers against plain PyTorch -------------------------------------
-# adam: tests/test_optimizers.py::test_fused_adam_on_cuda_matches_lazy_adam (also `gpu`)
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rwsadagrad"])
+# adam: FBGEMM's fused Adam (CUDA only) against lazy Adam (SparseAdam on the tables)
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rwsadagrad", "adam"])
 def test_fused_optimizers_on_cuda_match_the_reference_update(optimizer):
     # test_optimizers' comparison with the oracle, tolerances and all (the oracle's
     # reference data: the plain loop)
@@ -189,7 +189,7 @@ def test_uvm_tables_train_like_hbm_tables(hbm_tables, kernel, extra):
 
 # --- 5. fp16 tables ----------------------------------------------------------------------
 def test_fp16_tables_on_cuda_train_close_to_fp32():
-    # tests/test_train.py::test_fp16_tables_train_close_to_fp32 on CUDA, its tolerances:
+    # tests/dist/test_train.py::test_fp16_tables_train_close_to_fp32 on CUDA, its tolerances:
     # fp16 rounds each update to an ulp (~6e-5 at these weights; FBGEMM's default on CUDA
     # is stochastic rounding, as large), 20 steps stay well inside 2e-3
     argv = [
@@ -247,7 +247,7 @@ def test_a_checkpoint_resumes_on_the_other_device(tmp_path, saved_on, resumed_on
 # --- 7. a GPU-trained checkpoint: --inference-only, quantization, export ----------------
 @pytest.fixture(scope="module")
 def gpu_trained(tmp_path_factory):
-    """tests/test_inference.py's job trained on CUDA with its checkpoint; the config,
+    """tests/dist/test_inference.py's job trained on CUDA with its checkpoint; the config,
     arch, final weights and test data (512 samples)."""
     d = tmp_path_factory.mktemp("gpu_ckpt")
     argv = [*INFERENCE_JOB, *ON_GPU, f"--checkpoint-dir={d}"]
@@ -332,7 +332,7 @@ def _one_error_line(capsys, says: str) -> None:
 def test_an_id_outside_its_table_on_cuda_is_one_line_and_saves_nothing(
     tmp_path, monkeypatch, capsys
 ):
-    """tests/test_failures.py's bad id on CUDA: the first id of step 8's batch is one past
+    """tests/dist/test_failures.py's bad id on CUDA: the first id of step 8's batch is one past
     its table; checkpoints every 4 steps. A fresh run keeps step-4 and saves nothing after
     it; resumed from step-4, it changes no file. (Step 8, not test_failures' 6: the
     pipeline pulls, and so checks, a batch two steps ahead: batch 6 fails during step 4,
@@ -349,3 +349,41 @@ def test_an_id_outside_its_table_on_cuda_is_one_line_and_saves_nothing(
     assert main([*argv, "--resume=auto"]) == 2
     _one_error_line(capsys, says)
     assert file_hashes(tmp_path) == before
+
+
+# --- the data drawn on the GPU, TF32 ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],
+        ["--rand-data-dist=zipf"],
+        ["--multi-hot-sizes=3-1-7-2"],
+    ],
+    ids=["uniform", "zipf", "multi-hot"],
+)
+def test_data_drawn_on_the_gpu_trains_exactly_like_data_drawn_on_the_host(data):
+    # the same numbers by construction (tests/unit/test_random_fast_torch.py): the same
+    # kernels on the same inputs, so the same losses and weights
+    argv = [*BASE, *ON_GPU, "--sharding-type=table_wise", *data]
+    device, _ = _train(argv)
+    host, _ = _train([*argv, "--random-fast-draw-on=host"])
+    _assert_close(device, host, SAME, SAME)
+
+
+def test_tf32_trains_close_to_fp32():
+    # TF32 keeps 10 mantissa bits per product (~1e-3 relative), sums in fp32
+    argv = [*BASE, *ON_GPU, "--sharding-type=table_wise"]
+    tf32, _ = _train([*argv, "--tf32"])
+    assert torch.backends.cuda.matmul.allow_tf32
+    fp32, _ = _train(argv)
+    assert not torch.backends.cuda.matmul.allow_tf32  # a run without --tf32 resets it
+    np.testing.assert_allclose(tf32.losses, fp32.losses, rtol=2e-2, atol=1e-3)
+
+
+def test_bf16_dense_layers_on_cuda_train_close_to_fp32():
+    # bf16 keeps 8 mantissa bits (~4e-3 relative per product); weights and loss stay fp32
+    argv = [*BASE, *ON_GPU, "--sharding-type=table_wise"]
+    fp32, _ = _train(argv)
+    bf16, _ = _train([*argv, "--dense-precision=bf16"])
+    assert bf16.losses != fp32.losses
+    np.testing.assert_allclose(bf16.losses, fp32.losses, rtol=3e-2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from dlrm_dist.arch import derive_arch, parameter_order, table_parameter_names
 from dlrm_dist.cli import parse_args
@@ -63,12 +62,6 @@ def test_fused_embedding_optimizers_match_the_reference_update(optimizer):
 def test_adam_on_cpu_is_a_clear_error():
     with pytest.raises(ConfigError, match="no fused Adam on CPU"):
         run(parse_args(_fused("adam")))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FBGEMM's fused Adam needs CUDA")
-def test_fused_adam_on_cuda_matches_lazy_adam():
-    _compare([*_fused("adam"), "--use-gpu"])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rwsadagrad"])

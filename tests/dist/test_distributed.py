@@ -9,30 +9,24 @@ import itertools
 import numpy as np
 import pytest
 
-from dlrm_dist import distributed
-from dlrm_dist.errors import ConfigError
 from dlrm_dist.train import main
+from tests.common import tiny_job
 from tests.multiprocess import agree_entry, launch, train_many
 
-BASE = [
-    "--arch-embedding-size=20-30-40-50",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=5-8-4",
-    "--arch-mlp-top=6-1",
-    "--loss-function=bce",
-    "--round-targets=true",
-    "--mini-batch-size=16",
-    "--num-batches=12",
-    "--learning-rate=0.1",
-    "--test-freq=6",
-    "--print-freq=1000",
-    "--progress-bar=false",
-]
+BASE = tiny_job(num_batches=12, nepochs=1, test_freq=6, print_freq=1000)
+
+
 SHARDINGS = ["table_wise", "column_wise", "table_column_wise", "data_parallel"]
+
+
 OPTIMIZERS = ["sgd", "adagrad"]
+
+
 # random-fast: each rank draws its slice (pipelined); random: the reference's stream,
 # sliced (plain loop); and random-fast with the plain loop
 CASES = [(s, o, "random-fast", True) for s, o in itertools.product(SHARDINGS, OPTIMIZERS)]
+
+
 CASES += [
     ("table_wise", "rwsadagrad", "random-fast", True),
     ("column_wise", "sgd", "random", True),
@@ -138,10 +132,3 @@ def test_four_rank_smoke_run():
 )
 def test_bad_input_under_two_ranks_exits_2_on_every_rank(argv):
     assert launch(2, main, argv) == {0: 2, 1: 2}
-
-
-def test_a_batch_the_world_does_not_divide_is_a_clear_error():
-    env = distributed.DistEnv(0, 4, 0, 4, None, "gloo")
-    assert distributed.local_batch(64, env) == 16
-    with pytest.raises(ConfigError, match="--mini-batch-size=30 is not divisible by the world"):
-        distributed.local_batch(30, env)
