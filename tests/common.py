@@ -7,6 +7,10 @@ import hashlib
 import socket
 from pathlib import Path
 
+import numpy as np
+
+from dlrm_dist.data.batch_source import RawBatch
+
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
 # 4 small tables, 6 batches of 16 x 2 epochs = 12 steps, adagrad, a log line per step
@@ -42,6 +46,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def per_table(raw: RawBatch) -> list[np.ndarray]:
+    """Values split into the (table-major) tables, by the lengths."""
+    ends = np.cumsum(raw.lengths.sum(axis=1))
+    return [raw.values[a:b] for a, b in zip(np.concatenate(([0], ends[:-1])), ends)]
+
+
+def concat(slices: list[RawBatch]) -> RawBatch:
+    """The global batch the slices of ranks 0..W-1 make (values are table-major, split here
+    from the lengths, not by the code under test)."""
+    tables = zip(*(per_table(s) for s in slices))
+    return RawBatch(
+        dense=np.concatenate([s.dense for s in slices]),
+        lengths=np.concatenate([s.lengths for s in slices], axis=1),
+        values=np.concatenate([np.concatenate(t) for t in tables]),
+        targets=np.concatenate([s.targets for s in slices]),
+    )
 
 
 def file_hashes(directory: Path) -> dict[str, str]:

@@ -25,6 +25,7 @@ from dlrm_dist import inference
 from dlrm_dist.arch import derive_arch
 from dlrm_dist.checkpoint import list_checkpoints
 from dlrm_dist.cli import parse_args
+from dlrm_dist.config import choices
 from dlrm_dist.data.sources import make_data
 from dlrm_dist.evaluation import evaluate
 from dlrm_dist.train import RunResult, main, run
@@ -117,14 +118,7 @@ def _assert_close(got: RunResult, want: RunResult, losses: dict, weights: dict) 
 
 
 # --- 1. every sharding type ------------------------------------------------------------
-SHARDINGS = [
-    "table_wise",
-    "row_wise",
-    "column_wise",
-    "table_row_wise",
-    "table_column_wise",
-    "data_parallel",
-]
+SHARDINGS = [t for t in choices("sharding", "sharding_type") if t != "auto"]  # all six
 
 
 @pytest.fixture(scope="module")

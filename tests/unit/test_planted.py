@@ -22,7 +22,7 @@ from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData, draw_slice
 from dlrm_dist.data.random_fast_torch import TorchRandomFastData, draw_slice_torch
 from dlrm_dist.errors import ConfigError
 from dlrm_dist.metrics import numbered_run_dir
-from tests.common import ROOT
+from tests.common import ROOT, concat
 
 BIG = 40_000_000  # the MLPerf DCNv2 tables' rows
 FIELDS = ("dense", "lengths", "values", "targets")
@@ -83,17 +83,6 @@ def formula_probability(logit: np.ndarray) -> np.ndarray:
     """sigmoid of the logit rounded to a multiple of 1/4096, by math.exp."""
     grid = np.rint(logit * 4096) / 4096
     return np.asarray([1.0 / (1.0 + math.exp(-v)) for v in grid])
-
-
-def concat(slices: list[RawBatch]) -> RawBatch:
-    """The global batch the slices of ranks 0..W-1 make (values are table-major)."""
-    tables = zip(*(s.indices() for s in slices))
-    return RawBatch(
-        dense=np.concatenate([s.dense for s in slices]),
-        lengths=np.concatenate([s.lengths for s in slices], axis=1),
-        values=np.concatenate([np.concatenate(t) for t in tables]),
-        targets=np.concatenate([s.targets for s in slices]),
-    )
 
 
 def assert_same(a: RawBatch, b: RawBatch) -> None:

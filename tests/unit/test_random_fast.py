@@ -19,9 +19,9 @@ from dlrm_dist.data.random_fast import (
     local_bounds,
 )
 from dlrm_dist.data.reference_random import RawBatch, _bag_sizes
+from tests.common import concat, per_table
 
 C = FastDataSpec(dense_features=13, table_sizes=(100,) * 12 + (1000,) * 3)
-
 
 SPECS = {
     "uniform-random-bags": FastDataSpec(dense_features=3, table_sizes=(100, 7, 3, 1)),
@@ -33,23 +33,6 @@ SPECS = {
     ),
     "zipf-random-bags": FastDataSpec(dense_features=4, table_sizes=(300, 9), dist="zipf"),
 }
-
-
-def per_table(raw: RawBatch) -> list[np.ndarray]:
-    """Values split into the (table-major) tables, by the lengths."""
-    ends = np.cumsum(raw.lengths.sum(axis=1))
-    return [raw.values[a:b] for a, b in zip(np.concatenate(([0], ends[:-1])), ends)]
-
-
-def concat(slices: list[RawBatch]) -> RawBatch:
-    """The global batch the slices of ranks 0..W-1 make."""
-    tables = zip(*(per_table(s) for s in slices))
-    return RawBatch(
-        dense=np.concatenate([s.dense for s in slices]),
-        lengths=np.concatenate([s.lengths for s in slices], axis=1),
-        values=np.concatenate([np.concatenate(t) for t in tables]),
-        targets=np.concatenate([s.targets for s in slices]),
-    )
 
 
 def assert_same(a: RawBatch, b: RawBatch) -> None:

@@ -14,9 +14,9 @@ import dlrm_dist.data.random_fast_torch as rft
 from dlrm_dist.data.random_fast import FastDataSpec, RandomFastData, _Zipf, draw_slice
 from dlrm_dist.data.random_fast_torch import TorchRandomFastData, TorchRawBatch, draw_slice_torch
 from dlrm_dist.data.reference_random import RawBatch
+from tests.common import concat
 
 BIG = 40_000_000  # the MLPerf DCNv2 tables' rows
-
 
 FIELDS = ("dense", "lengths", "values", "targets")
 
@@ -69,17 +69,6 @@ def assert_equal(ours: TorchRawBatch, ref: RawBatch) -> None:
         assert x.dtype == y.dtype and x.shape == y.shape, name
         assert np.array_equal(x, y), f"{name}: {int((x != y).sum())} of {x.size} differ"
     assert ours.per_table == tuple(ref.lengths.sum(axis=1).tolist())
-
-
-def concat(slices: list[RawBatch]) -> RawBatch:
-    """The global batch the slices of ranks 0..W-1 make (values are table-major)."""
-    tables = zip(*(s.indices() for s in slices))
-    return RawBatch(
-        dense=np.concatenate([s.dense for s in slices]),
-        lengths=np.concatenate([s.lengths for s in slices], axis=1),
-        values=np.concatenate([np.concatenate(t) for t in tables]),
-        targets=np.concatenate([s.targets for s in slices]),
-    )
 
 
 def assert_same_batches(ours, ref) -> None:
