@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from dlrm_dist.data.hashing import GOLDEN, derive_key, mix64_array
+from dlrm_dist.data.hashing import BLOCK, GOLDEN, derive_key, mix64_array
 
 LABELS = ("random", "planted")
 STREAM = 0x504C414E54  # "PLANT": derive_key's stream tag of the teacher's per-row hashes
@@ -48,6 +48,7 @@ TABLE_WEIGHT = 2.5  # on the bag mean of each MAIN table's effects
 PAIR_WEIGHT = 9.0  # on the product of the pair's bag means
 MAIN_TABLES = 3
 EFFECT_BITS = 20  # e_t(i) = ((z >> 43) - 2^20) / 2^20: 21 signed bits
+MAX_GROUP = 16  # at most this many batches labelled in one pass (Teacher.plant)
 GRID = 4096  # the logit is rounded to a multiple of 1 / GRID (exactly) for the sigmoid table
 # |logit| < BOUND for every sample (|e| <= 1): the sigmoid table's range, no clipping needed
 BOUND = math.ceil(sum(map(abs, DENSE_WEIGHTS)) / 2 + MAIN_TABLES * TABLE_WEIGHT + PAIR_WEIGHT)
@@ -131,32 +132,38 @@ class Teacher:
         widths = None if spec.random_bags else spec.bag_widths()
         return cls(spec.dense_features, len(spec.table_sizes), seed, widths)
 
-    def layout(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For the bags of tables 0 .. used - 1, lengths (used, n): each id's table key (L,)
-        uint64, each bag's first id (used * n,) and its sum's coefficient (used * n,) f64,
-        its table's scale / its size. Fixed bags: made once per batch size."""
-        n = lengths.shape[1]
-        if self.widths is not None and n in self._layouts:
-            return self._layouts[n]
-        flat = lengths.reshape(-1)
-        keys = np.repeat(self.keys, lengths.sum(axis=1))
-        out = keys, np.cumsum(flat) - flat, np.repeat(self.scale, n) / flat
+    def layout(self, group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the bags of tables 0 .. used - 1 of g batches, group (g, used, n): each id's
+        table key (L,) uint64, each bag's first id (g * used * n,) and its sum's coefficient
+        (g * used * n,) f64, its table's scale / its size. Fixed bags: made once per (g, n)."""
+        g, _, n = group.shape
+        if self.widths is not None and (g, n) in self._layouts:
+            return self._layouts[g, n]
+        flat = group.reshape(-1)
+        keys = np.repeat(np.tile(self.keys, g), group.sum(axis=2).reshape(-1))
+        out = keys, np.cumsum(flat) - flat, np.tile(np.repeat(self.scale, n), g) / flat
         if self.widths is not None:
-            self._layouts[n] = out
+            self._layouts[g, n] = out
         return out
 
     def logits(self, dense: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> np.ndarray:
         """logit (n,) f64 of a batch: dense (n, m) f32, lengths (F, n) int64, values (sum of
-        lengths,) int64 table-major (random_fast's RawBatch fields)."""
-        keys, starts, coef = self.layout(lengths[: self.used])
+        lengths,) int64 table-major (random_fast's RawBatch fields). Or of g batches at once
+        (one pass of numpy calls for all, which at small batches cost more than the work):
+        dense (g n, m) and lengths (g, used, n) stacked, values their tables 0 .. used - 1's
+        ids, each batch's in turn; logit (g n,), batch after batch."""
+        group = lengths[None, : self.used] if lengths.ndim == 2 else lengths
+        keys, starts, coef = self.layout(group)
         z = np.multiply(values[: keys.size], _GOLDEN_SIGNED).view(np.uint64)
         z += keys  # GOLDEN * id + key (wrapping): the ids of tables 0 .. used - 1
         np.right_shift(mix64_array(z), np.uint64(64 - EFFECT_BITS - 1), out=z)
         e = z.view(np.int64)
         e -= 1 << EFFECT_BITS  # e * 2^20
         # bag sums: exact int64 in any order (random-fast bags are never empty)
-        terms = (np.add.reduceat(e, starts) * coef).reshape(self.used, -1)
-        return combine(self, dense, terms)
+        terms = (np.add.reduceat(e, starts) * coef).reshape(group.shape)
+        if group.shape[0] > 1:  # (g, used, n) -> (used, g n): each table's, batch after batch
+            terms = terms.transpose(1, 0, 2).reshape(self.used, -1)
+        return combine(self, dense, terms.reshape(self.used, -1))
 
     def probabilities(self, dense, lengths, values) -> np.ndarray:
         """p (n,) f64: the click probability of each sample."""
@@ -166,6 +173,31 @@ class Teacher:
         """Planted 0/1 targets (n, 1) f32 from the samples' uniforms u (n, 1) f32."""
         p = self.probabilities(dense, lengths, values)
         return (u < p[:, None]).astype(np.float32)
+
+    def group_size(self, n: int) -> int:
+        """How many batches of n samples to label in one pass (`plant`): enough for one
+        pass to hash about BLOCK ids (at a batch of 128 a pass's ~30 numpy calls cost more
+        than its work), 1 for large batches (MLPerf's: nothing to gain)."""
+        ids = n * (self.used if self.widths is None else int(self.widths.sum()))
+        return max(1, min(MAX_GROUP, BLOCK // max(ids, 1)))
+
+    def plant(self, raws: list) -> None:
+        """Replace the targets of the RawBatches `raws` (each n samples; their targets the
+        uniforms u) with their planted clicks, in one pass for all: the labels are those of
+        `labels` on each batch alone (each sample's depends on the sample only)."""
+        if len(raws) == 1:
+            (raw,) = raws
+            raw.targets = self.labels(raw.dense, raw.lengths, raw.values, raw.targets)
+            return
+        j, n = self.dense_weights.size, raws[0].targets.shape[0]
+        group = np.stack([raw.lengths[: self.used] for raw in raws])  # (g, used, n)
+        ends = group.sum(axis=(1, 2)).tolist()
+        values = np.concatenate([raw.values[:end] for raw, end in zip(raws, ends)])
+        dense = np.concatenate([raw.dense[:, :j] for raw in raws])  # (g n, j)
+        u = np.concatenate([raw.targets for raw in raws])  # (g n, 1)
+        y = self.labels(dense, group, values, u)
+        for k, raw in enumerate(raws):
+            raw.targets = y[k * n : (k + 1) * n]
 
 
 def combine(teacher: Teacher, dense: np.ndarray, terms: np.ndarray) -> np.ndarray:

@@ -243,16 +243,22 @@ class _Plan:
         self.teacher = None
         if spec.labels == "planted":
             self.teacher = planted.Teacher.of(spec, seed)
+        self.group = 1 if self.teacher is None else self.teacher.group_size(self.n)
 
     def draw(self, key: int) -> RawBatch:
         """The samples of the batch whose key (hashing.derive_key) is `key`; their targets
         the uniforms, rounded (round_targets) or the teacher's clicks (planted)."""
-        raw = self._draw(key)
+        return self.draw_group([key])[0]
+
+    def draw_group(self, keys: list[int]) -> list[RawBatch]:
+        """draw(key) of each key; planted labels of them all in one pass (Teacher.plant)."""
+        raws = [self._draw(key) for key in keys]
         if self.teacher is not None:
-            raw.targets = self.teacher.labels(raw.dense, raw.lengths, raw.values, raw.targets)
+            self.teacher.plant(raws)
         elif self.spec.round_targets:
-            np.round(raw.targets, out=raw.targets)
-        return raw
+            for raw in raws:
+                np.round(raw.targets, out=raw.targets)
+        return raws
 
     def _draw(self, key: int) -> RawBatch:
         spec, n = self.spec, self.n
@@ -386,10 +392,22 @@ class RandomFastData(BatchSource):
         super().__init__(keys, mini_batch_size, *epoch, rank, world_size)
         self.spec, self.seed, self.stream = spec, seed, stream
         self._plans = SlicePlans(self, functools.partial(_Plan, spec, seed))
+        self._ahead: dict[int, RawBatch] = {}  # batches drawn with an earlier one (raw)
 
     def raw(self, index: int) -> RawBatch:
         """This rank's slice of global batch `index`, n = batch_size(index) / world_size
         samples: dense (n, m) f32, lengths (F, n) int64, values (sum of lengths,) int64,
         targets (n, 1) f32."""
-        plan = self._plans(self.batch_size(index))
-        return plan.draw(derive_key(self.seed, self.stream, index))
+        size = self.batch_size(index)
+        plan = self._plans(size)
+        if index in self._ahead:
+            return self._ahead.pop(index)
+        if plan.group == 1:
+            return plan.draw(derive_key(self.seed, self.stream, index))
+        # planted labels at small batches: this batch and the next ones of its size, in one
+        # pass (their content is the same: each sample's label depends on the sample only)
+        stop = min(index + plan.group, self.num_batches)
+        group = [i for i in range(index, stop) if self.batch_size(i) == size]
+        raws = plan.draw_group([derive_key(self.seed, self.stream, i) for i in group])
+        self._ahead = dict(zip(group[1:], raws[1:]))
+        return raws[0]

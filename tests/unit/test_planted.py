@@ -132,6 +132,27 @@ def test_any_slice_alone_and_any_world_size_give_the_same_batch(name):
     assert_same(concat(ranks), RandomFastData(spec, seed, 4, batch).raw(2))
 
 
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_batches_labelled_together_equal_each_batch_drawn_alone(name):
+    """At small batches RandomFastData labels several batches in one pass; each must be the
+    batch drawn alone (whose labels the formula test checks), read in any order, the
+    partial last batch included, and one of them checked against the formula here too."""
+    spec, seed, batch = SPECS[name], 5, 24
+    data = RandomFastData(spec, seed, 0, batch, data_size=batch * 9 + 8)  # 10 batches
+    assert data._plans(batch).group > 1  # the grouped path is the one under test
+    alone = [draw_slice(spec, seed, 0, b, 0, data.batch_size(b)) for b in range(len(data))]
+    for order in (range(10), range(9, -1, -1), (3, 4, 0, 9, 5, 6, 1, 8, 2, 7, 7)):
+        fresh = RandomFastData(spec, seed, 0, batch, data_size=batch * 9 + 8)
+        for b in order:
+            assert_same(fresh.raw(b), alone[b])
+    raw = RandomFastData(spec, seed, 0, batch, data_size=batch * 9 + 8).raw(0)  # a group's
+    uniforms = FastDataSpec(**{**spec.__dict__, "labels": "random", "round_targets": False})
+    u = draw_slice(uniforms, seed, 0, 0, 0, batch).targets
+    p = formula_probability(formula_logits(spec, seed, raw))
+    clear = np.abs(u[:, 0] - p) > 1e-9
+    assert np.array_equal(raw.targets[clear, 0], (u[clear, 0] < p[clear]).astype(np.float32))
+
+
 def test_labels_are_deterministic_and_depend_on_the_seed_and_the_batch():
     spec = SPECS["default-job"]
     a = draw_slice(spec, 3, 0, 9, 0, 4096).targets
