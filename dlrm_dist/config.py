@@ -252,8 +252,11 @@ class DataConfig:
         flag="data-cat-encoding",
     )
     data_sub_sample_rate: float = _f(0.0, "dataset: drop this fraction of negatives, [0, 1)")
-    data_randomize: Literal["total", "day", "none"] = _f(
-        "total", "dataset: shuffle the training rows: total | day (within each day) | none"
+    data_randomize: Literal["total", "day", "none", "total-bijection", "day-bijection"] = _f(
+        "total",
+        "dataset: shuffle the training rows: total | day (within each day): the reference's "
+        "np.random.permutation (8 bytes a training row per rank) | none | total-bijection | "
+        "day-bijection: a keyed bijection instead (no memory; not the reference's order)",
     )
     skip_bad_lines: bool = _f(False, "dataset: skip (and count) malformed raw lines, else fail")
     preprocess_workers: int = _f(
@@ -269,9 +272,10 @@ class DataConfig:
         ),
     )
     memory_map: bool = _f(
-        True,
-        "dataset: read the processed days through memory maps, never loaded whole "
-        "(always on: false is an error)",
+        False,
+        "dataset: the reference's --memory-map: total | day shuffle as its reordered days "
+        "(drawn once, at start-up) instead of its in-memory permutation; the processed days "
+        "are memory-mapped either way",
     )
 
     def check(self) -> None:
@@ -301,11 +305,6 @@ class DataConfig:
                 )
             if self.max_ind_range >= 1 << 31:
                 raise ConfigError("--max-ind-range must be below 2^31 (row ids are int32)")
-        if not self.memory_map:
-            raise ConfigError(
-                "--memory-map=false is not supported: the processed Criteo data is always read "
-                "through memory maps (drop the flag)"
-            )
 
     def check_multi_hot(self, tables: int) -> None:
         """Multi-hot bags: random-fast draws them, dataset expands Criteo's ids into them; the

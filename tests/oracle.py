@@ -229,6 +229,148 @@ def seed_style_batches(
         )
 
 
+# ------------------------------------------------------------------- Criteo data
+#
+# The reference's Criteo path (data_utils.getCriteoAdData / processCriteoAdData /
+# concatCriteoAdData, dlrm_data_pytorch.CriteoDataset and its collate), written from its
+# definition as plainly as possible: Python dicts, per-line loops, scalar redraws.
+
+
+def oracle_criteo_days(paths: Sequence[Any], kaggle: bool) -> list[list[str]]:
+    """Each day's raw lines as the reference reads them: text mode (universal newlines, so
+    CRLF reads as LF); Kaggle's one file cut into 7 days by line count, the first
+    ``total % 7`` days one line longer; Terabyte: one file per day."""
+    files = []
+    for path in paths:
+        with open(path) as fh:
+            files.append(list(fh))
+    if not kaggle:
+        return files
+    lines = files[0]
+    per, extras = divmod(len(lines), 7)
+    sizes = [per + (1 if d < extras else 0) for d in range(7)]
+    starts = np.cumsum([0, *sizes])
+    return [lines[starts[d] : starts[d + 1]] for d in range(7)]
+
+
+def oracle_criteo_preprocess(days: Sequence[Sequence[str]], max_ind_range: int = -1) -> dict:
+    """Ids as the reference numbers them: one dict per feature filled with each line's
+    value (hex, ``% max_ind_range`` when > 0) day by day, line by line; then the keys are
+    numbered in the dict's (insertion) order. Empty fields are "0"; negative integers
+    become 0. Returns X_int (N, 13) int64, X_cat (N, 26) int64 ids, y (N,) int64 (all
+    days concatenated), counts (26 table sizes) and day_rows."""
+    dicts: list[dict[int, int]] = [{} for _ in range(26)]
+    y, X_int, raw = [], [], []
+    for lines in days:
+        for line in lines:
+            fields = ["0" if f in ("", "\n") else f for f in line.split("\t")]
+            y.append(int(fields[0]))
+            X_int.append([max(int(x), 0) for x in fields[1:14]])
+            values = [int(x, 16) for x in fields[14:]]
+            if max_ind_range > 0:
+                values = [v % max_ind_range for v in values]
+            raw.append(values)
+            for j in range(26):
+                dicts[j][values[j]] = 1
+    for j in range(26):
+        for i, x in enumerate(list(dicts[j])):
+            dicts[j][x] = i
+    X_cat = [[dicts[j][v] for j, v in enumerate(values)] for values in raw]
+    return {
+        "X_int": np.array(X_int, dtype=np.int64).reshape(-1, 13),
+        "X_cat": np.array(X_cat, dtype=np.int64).reshape(-1, 26),
+        "y": np.array(y, dtype=np.int64),
+        "counts": [len(d) for d in dicts],
+        "day_rows": [len(lines) for lines in days],
+    }
+
+
+def oracle_criteo_order(
+    rs: np.random.RandomState, day_rows: Sequence[int], randomize: str, memory_map: bool
+) -> np.ndarray:
+    """The training rows (numbered over the concatenated days) in the order the reference
+    trains on them, drawing from rs what it draws.
+
+    Without memory_map: the train dataset and then the test dataset are built, and each
+    build splits the row indices at the day boundaries, permutes every training day
+    (``day``) or the concatenated training indices (``total``) with
+    ``np.random.permutation``. With memory_map: the reordered days of
+    ``concatCriteoAdData`` (:func:`_oracle_reordered`)."""
+    if memory_map:
+        return _oracle_reordered(rs, day_rows, randomize)
+    offsets = np.cumsum([0, *day_rows])
+    order = np.empty(0, dtype=np.int64)
+    for split in ("train", "test"):
+        indices = np.array_split(np.arange(offsets[-1]), offsets[1:-1])
+        if randomize == "day":
+            for i in range(len(indices) - 1):
+                indices[i] = rs.permutation(indices[i])
+        train = np.concatenate(indices[:-1])
+        if randomize == "total":
+            train = rs.permutation(train)
+        if split == "train":
+            order = train
+    return order
+
+
+def _oracle_reordered(rs: np.random.RandomState, day_rows: Sequence[int], randomize: str):
+    """The reference's reordering for --memory-map, row by row. Pass 1 (``total``): each
+    day i draws ``randint(0, days - 1)`` per row; a training day's row goes to that bucket,
+    drawing a scalar again while the bucket is full (buckets hold the training days'
+    sizes); the last day stays in its bucket. Pass 2: every training bucket is permuted
+    (``permutation(range(size))``), in order; training reads the buckets in turn."""
+    days = len(day_rows)
+    offsets = np.cumsum([0, *day_rows])
+    total_counter = [0] * days
+    inter: list[list[int]] = [[] for _ in range(days)]
+    for i in range(days):
+        size = day_rows[i]
+        buckets: list[list[int]] = [[] for _ in range(days)]
+        counter = [0] * days
+        if randomize == "total":
+            rand_u = rs.randint(low=0, high=days - 1, size=size)
+            for k in range(size):
+                if i < days - 1:
+                    p = int(rand_u[k])
+                    while total_counter[p] + counter[p] >= day_rows[p]:
+                        p = rs.randint(low=0, high=days - 1)
+                else:
+                    p = i
+                buckets[p].append(k)
+                counter[p] += 1
+        else:
+            buckets[i] = list(range(size))
+            counter[i] = size
+        for j in range(days):
+            inter[j].extend(int(offsets[i]) + k for k in buckets[j])
+            total_counter[j] += counter[j]
+    order: list[int] = []
+    for j in range(days - 1):
+        indices: Any = range(day_rows[j])
+        if randomize in ("day", "total"):
+            indices = rs.permutation(range(day_rows[j]))
+        order.extend(inter[j][q] for q in indices)
+    return np.array(order, dtype=np.int64)
+
+
+def oracle_criteo_batches(
+    data: dict, order: np.ndarray, mini_batch_size: int, num_batches: int = 0
+) -> Iterator[Batch]:
+    """One epoch of the reference's training batches over ``order`` (DataLoader without
+    shuffle, ``drop_last=False``; its collate: ``log(x + 1)`` of the float32 integers in
+    torch, one id per bag, float32 targets (B, 1)); at most num_batches when > 0."""
+    nbatches = math.ceil(order.size / mini_batch_size)
+    if num_batches > 0:
+        nbatches = min(nbatches, num_batches)
+    for b in range(nbatches):
+        rows = order[b * mini_batch_size : (b + 1) * mini_batch_size]
+        X = torch.log(torch.tensor(data["X_int"][rows], dtype=torch.float) + 1)
+        ids = torch.tensor(data["X_cat"][rows], dtype=torch.long)
+        offsets = [torch.arange(rows.size) for _ in range(26)]
+        T = torch.tensor(data["y"][rows], dtype=torch.float32).view(-1, 1)
+        yield X, offsets, [ids[:, t] for t in range(26)], T
+
+
 # -------------------------------------------------------------------------- model
 
 
@@ -584,8 +726,14 @@ def oracle_train(
     warmup: int = 0,
     decay_start: int = 0,
     num_decay: int = 0,
+    criteo: dict | None = None,
 ) -> dict[str, list]:
     """Train like the reference script (random data, SGD, one CPU process).
+
+    ``criteo``: train on Criteo data instead, ``oracle_criteo_preprocess``'s dict plus
+    ``randomize`` and ``memory_map``: its shuffle is drawn from the stream first (the
+    reference builds its datasets before the model), then the model; the batches are
+    ``oracle_criteo_batches`` (``data_size`` and the random-data arguments are unused).
 
     ``ln_top_user`` is the user's top MLP without its input width; the
     interaction width is prepended as in the reference.
@@ -607,6 +755,10 @@ def oracle_train(
 
     rs = np.random.RandomState(seed)
     torch.manual_seed(seed)  # the reference seeds torch's generator with the same seed
+    if criteo is not None:
+        order = oracle_criteo_order(
+            rs, criteo["day_rows"], criteo["randomize"], criteo["memory_map"]
+        )
     model = OracleDLRM(
         rs,
         m_spa,
@@ -640,23 +792,26 @@ def oracle_train(
     lrs: list[float] = []
     step_seconds = 0.0
     for _ in range(nepochs):
-        batches = seed_style_batches(
-            rs,
-            seed,
-            ln_bot[0],
-            ln_emb,
-            data_size,
-            num_batches,
-            mini_batch_size,
-            num_indices_per_lookup,
-            fixed,
-            dist=dist,
-            rmin=rmin,
-            rmax=rmax,
-            mu=mu,
-            sigma=sigma,
-            round_targets=round_targets,
-        )
+        if criteo is not None:
+            batches = oracle_criteo_batches(criteo, order, mini_batch_size, num_batches)
+        else:
+            batches = seed_style_batches(
+                rs,
+                seed,
+                ln_bot[0],
+                ln_emb,
+                data_size,
+                num_batches,
+                mini_batch_size,
+                num_indices_per_lookup,
+                fixed,
+                dist=dist,
+                rmin=rmin,
+                rmax=rmax,
+                mu=mu,
+                sigma=sigma,
+                round_targets=round_targets,
+            )
         for X, offsets, indices, T in batches:
             start = time.perf_counter()
             lrs.append(float(optimizers[0].param_groups[0]["lr"]))

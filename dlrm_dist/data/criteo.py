@@ -10,18 +10,25 @@ train.txt into, by line count; Terabyte: day_0 ... day_23):
     day_{d}_sparse.npy  (n, 26) int32    row ids of C1..C26
     day_{d}_labels.npy  (n, 1)  int32    0 / 1
     day_{d}.json                         that day's summary (rows, bad lines, sub-sampled)
-    meta.json                            settings, days, rows per table ("counts"): written
-                                         last; its presence means the data is complete
+    vocab.npz                            (vocab) f0..f25: each feature's values, uint32, in
+                                         row order (row r of table f is the value f{f}[r])
+    meta.json                            settings, days, rows per table ("counts"), the id
+                                         order ("id_order"): written last; its presence
+                                         means the data is complete
 
 These are the file names, shapes and dtypes of torchrec's binary Criteo format, so
 `torchrec.datasets.criteo.InMemoryBinaryCriteoIterDataPipe` reads them too (tested).
 
 Categorical ids, as the reference's `data_utils.getCriteoAdData`: the hex value, `% M` when
 --max-ind-range M > 0, then (`--data-cat-encoding vocab`, the default) the row of that value in
-its feature's vocabulary: the sorted distinct values over all days (the reference numbers them
-in order of first appearance instead; the set of rows is the same). counts[f] = the
-vocabulary's size. `hash` skips the vocabulary (one pass, no vocabulary in memory): the row is
-the value % M and every table has M rows.
+its feature's vocabulary, numbered in order of first appearance: day by day, line by line (the
+reference fills a dict per feature in that order and numbers its keys; with several processes
+it merges the days' dicts in day order, which is the same order). Lines dropped by
+sub-sampling do not count. counts[f] = the vocabulary's size. `hash` skips the vocabulary (one
+pass, no vocabulary in memory): the row is the value % M and every table has M rows.
+meta.json says which (`id_order`: first-appearance | hash). Data written before format 2 has
+its vocabulary ids in sorted order: it is rebuilt when the raw files are there (a log line
+says so) and refused with one line otherwise, never mixed with the reference's ids.
 `--data-sub-sample-rate r` drops each negative line with probability r (every day, as the
 reference), from a generator seeded with (--numpy-rand-seed, day).
 
@@ -30,7 +37,8 @@ size): lines are parsed in blocks and appended to the output files. Resumable: e
 written under a temporary name and renamed when complete; a day whose `day_{d}.json` exists
 is skipped on a rerun (its raw file is not read), so an interrupted Terabyte run continues.
 `vocab` makes two passes: raw values per day (`day_{d}_raw.npy`, uint32, and its distinct
-values `day_{d}_uniques.npz`), then the vocabulary (`vocab.npz`), then the ids per day.
+values with the row of each one's first appearance, `day_{d}_uniques.npz`), then the
+vocabulary (`vocab.npz`, merged day by day in day order), then the ids per day.
 
 --preprocess-workers N runs the per-day work in N processes: Terabyte's days are parsed in
 parallel (each is its own file; its sub-sampling generator is seeded by its day), the
@@ -38,7 +46,8 @@ vocabulary is merged feature by feature in parallel, and every day's ids are map
 parallel. Every output depends only on its day (or feature), so the files are those of one
 process, byte for byte (tested), and a rerun resumes the same way. Kaggle's days are cut from
 one file by line count, so its parsing stays in one process (its mapping is parallel). Each
-worker holds a parse block, and, when mapping, the whole vocabulary (4 bytes a row).
+worker holds a parse block, and, when mapping, the whole vocabulary (8 bytes a row: the values
+sorted, and their rows).
 
 Not from torchrec.datasets.criteo: its `tsv_to_npys` holds a whole file in Python lists
 (memory grows with the file), reports no line numbers, and its dense transform is
@@ -49,6 +58,7 @@ with a Python dict per value, and its frequency threshold gives other ids than t
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -70,6 +80,7 @@ from dlrm_dist.data import criteo_tsv as tsv
 from dlrm_dist.data.criteo_files import (
     DAYS,
     FORMAT,
+    ID_ORDER,
     META,
     SETTINGS,
     Settings,
@@ -77,7 +88,9 @@ from dlrm_dist.data.criteo_files import (
     load_meta,
     processed_dir,
     raw_files,
+    refuse_stale,
     settings_of,
+    stale_ids,
 )
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.errors import ConfigError, DlrmDistError
@@ -86,6 +99,7 @@ log = logging.getLogger(__name__)
 
 _HEADER_BYTES = 128  # .npy header of our (n, k) arrays: fixed, so it is rewritten in place
 _MAP_ROWS = 1 << 18  # rows per block when mapping raw values to vocabulary rows
+_NO_VALUES = np.empty(0, dtype=np.uint32)
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -135,16 +149,57 @@ class _NpyWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-class _Uniques:
-    """Sorted distinct values per feature, merged lazily: new blocks' values wait in a list
-    until they outweigh what is merged, so merging costs O(total log total) overall."""
+_ROW_BITS = 32  # a day's row in the low bits of a first-seen key, its value in the high ones
+_ROW_MASK = np.uint64((1 << _ROW_BITS) - 1)
+
+
+def _first_of_each(keys: np.ndarray) -> np.ndarray:
+    """Sorted uint64 keys `value << 32 | row`, one per distinct value: its smallest row."""
+    keys = np.sort(keys)
+    values = keys >> np.uint64(_ROW_BITS)
+    keep = np.ones(keys.size, dtype=bool)
+    keep[1:] = values[1:] != values[:-1]
+    return keys[keep]
+
+
+class _FirstSeen:
+    """Per feature, a day's distinct values and the row (in the day) of each one's first
+    appearance, as sorted keys `value << 32 | row` (one sort, no argsort: the smallest key
+    of a value is its first row). Blocks' keys wait in a list until they outweigh what is
+    merged, so merging costs O(total log total) overall."""
 
     def __init__(self) -> None:
-        self.merged = [np.empty(0, dtype=np.uint32) for _ in range(NUM_SPARSE)]
+        self.merged = [np.empty(0, dtype=np.uint64) for _ in range(NUM_SPARSE)]
         self.pending: list[list[np.ndarray]] = [[] for _ in range(NUM_SPARSE)]
         self.size = [0] * NUM_SPARSE
 
-    def add(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray, first_row: int) -> None:
+        """values (n, 26) uint32: the day's rows first_row .. first_row + n - 1."""
+        if first_row + values.shape[0] > 1 << _ROW_BITS:
+            raise ConfigError(f"a day holds more than 2^{_ROW_BITS} rows: split the raw file")
+        rows = np.arange(first_row, first_row + values.shape[0], dtype=np.uint64)
+        for f in range(NUM_SPARSE):
+            keys = _first_of_each((values[:, f].astype(np.uint64) << np.uint64(_ROW_BITS)) | rows)
+            self.pending[f].append(keys)
+            self.size[f] += keys.size
+            if self.size[f] > max(self.merged[f].size, 1 << 16):
+                self._merge(f)
+
+    def _merge(self, f: int) -> None:
+        self.merged[f] = _first_of_each(np.concatenate([self.merged[f], *self.pending[f]]))
+        self.pending[f], self.size[f] = [], 0
+
+    def result(self) -> list[np.ndarray]:
+        for f in range(NUM_SPARSE):
+            self._merge(f)
+        return self.merged
+
+
+class _SortedUniques(_FirstSeen):
+    """The sorted order written before format 2 (`id_order="sorted"`): distinct values
+    only. Kept to measure preprocessing before and after (benchmarks/criteo_loader.py)."""
+
+    def add(self, values: np.ndarray, first_row: int) -> None:
         for f in range(NUM_SPARSE):
             u = np.unique(values[:, f])
             self.pending[f].append(u)
@@ -156,10 +211,27 @@ class _Uniques:
         self.merged[f] = np.unique(np.concatenate([self.merged[f], *self.pending[f]]))
         self.pending[f], self.size[f] = [], 0
 
-    def result(self) -> list[np.ndarray]:
-        for f in range(NUM_SPARSE):
-            self._merge(f)
-        return self.merged
+
+def first_appearance(days: Iterable[np.ndarray]) -> np.ndarray:
+    """One feature's vocabulary in id order: its distinct values ordered by first
+    appearance, from each day's first-seen keys (`_FirstSeen`) in day order.
+
+    A value's place is (the first day it is in, its first row there): the values are kept
+    sorted, with that place as an int64 key (day << 32 | row); each day adds the values
+    not seen yet (inserted in place: O(vocabulary) per day, no re-sort); the ids are then
+    the keys' ranks. uint32 (n,)."""
+    values = np.empty(0, dtype=np.uint32)
+    places = np.empty(0, dtype=np.int64)
+    for day, keys in enumerate(days):
+        day_values = (keys >> np.uint64(_ROW_BITS)).astype(np.uint32)
+        at = np.searchsorted(values, day_values)
+        seen = at < values.size
+        seen[seen] = values[at[seen]] == day_values[seen]
+        new = ~seen
+        place = (keys[new] & _ROW_MASK).astype(np.int64) | (day << _ROW_BITS)
+        values = np.insert(values, at[new], day_values[new])
+        places = np.insert(places, at[new], place)
+    return values[np.argsort(places)]
 
 
 def dense_transform(x: np.ndarray) -> np.ndarray:
@@ -267,7 +339,7 @@ def _merge_job(job: tuple[Preprocessor, int]) -> tuple[int, np.ndarray]:
     return feature, pre._vocabulary(feature)
 
 
-_worker_vocab: dict[Path, list[np.ndarray]] = {}  # a worker's vocabulary, loaded once
+_worker_vocab: dict[Path, list[tuple[np.ndarray, np.ndarray]]] = {}  # loaded once a worker
 
 
 def _map_job(job: tuple[Preprocessor, int]) -> int:
@@ -280,9 +352,15 @@ def _map_job(job: tuple[Preprocessor, int]) -> int:
     return day
 
 
-def _load_vocab(path: Path) -> list[np.ndarray]:
+def _load_vocab(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per feature, to map values to rows: (its values sorted, uint32; their rows, int32)."""
+    out = []
     with np.load(path) as z:
-        return [z[f"f{f}"] for f in range(NUM_SPARSE)]
+        for f in range(NUM_SPARSE):
+            by_row = z[f"f{f}"]
+            rows = np.argsort(by_row, kind="stable").astype(np.int32)
+            out.append((by_row[rows], rows))
+    return out
 
 
 def available_cpus() -> int:
@@ -301,8 +379,12 @@ class Preprocessor:
         skip_bad_lines: bool = False,
         seed: int = 123,
         workers: int = 1,
+        id_order: str = ID_ORDER,
     ) -> None:
+        """id_order: `first-appearance` (the reference's); `sorted`, the order before format
+        2, only to time both (benchmarks/criteo_loader.py): training refuses its output."""
         self.settings, self.skip_bad_lines = settings, skip_bad_lines
+        self.id_order = id_order if settings.cat_encoding == "vocab" else "hash"
         self.dir = Path(directory)
         self.days = DAYS[settings.data_set]
         self.raw = raw_files(settings.data_set, raw_data_file) if raw_data_file else []
@@ -316,8 +398,10 @@ class Preprocessor:
         meta = load_meta(self.dir)
         if meta is not None:
             check_settings(meta, self.settings, self.dir)
-            log.info("%s: already preprocessed", self.dir)
-            return meta
+            if not stale_ids(meta) or self.id_order == "sorted":
+                log.info("%s: already preprocessed", self.dir)
+                return meta
+            self._rebuild_stale()
         if not self.raw:
             raise ConfigError(
                 f"{self.dir} holds no preprocessed data ({META} is missing): "
@@ -345,6 +429,7 @@ class Preprocessor:
             **asdict(self.settings),
             "seed": self.seed,
             "dense_features": NUM_DENSE,
+            "id_order": self.id_order,
             "counts": counts,
             "days": records,
         }
@@ -354,14 +439,54 @@ class Preprocessor:
         self._summary(records, time.perf_counter() - start)
         return meta
 
+    def _rebuild_stale(self) -> None:
+        """A complete directory of the old sorted ids: preprocess again from the raw files
+        (its outputs removed, meta.json first, so no rank reads it meanwhile), or refuse."""
+        missing = not self.raw or any(not p.is_file() for p in self.raw)
+        if missing:
+            raise refuse_stale(
+                self.dir,
+                "pass --raw-data-file to rebuild it with the reference's ids, or delete it",
+            )
+        log.warning(
+            "%s holds ids in sorted order (an older dlrm_dist; the reference numbers them by "
+            "first appearance): rebuilding it from %s",
+            self.dir,
+            self.raw[0] if len(self.raw) == 1 else f"{self.raw[0]} ...",
+        )
+        self._clear()
+
+    def _clear(self) -> None:
+        """Remove every file preprocessing writes (nothing else in the directory)."""
+        (self.dir / META).unlink(missing_ok=True)
+        names = ["vocab.npz", "vocab.npz.tmp", SETTINGS]
+        for day in range(self.days):
+            names += [f"day_{day}.json"] + [
+                f"day_{day}_{what}{tmp}"
+                for what in ("dense.npy", "labels.npy", "sparse.npy", "raw.npy", "uniques.npz")
+                for tmp in ("", ".tmp")
+            ]
+        for name in names:
+            (self.dir / name).unlink(missing_ok=True)
+
     def _settings_file(self) -> None:
         path = self.dir / SETTINGS
         if path.exists():  # a resumed run: same settings, and the first run's seed
             found = json.loads(path.read_text())
             check_settings(found, self.settings, self.dir)
-            self.seed = int(found["seed"])
-        else:
-            _write_json(path, {"format": FORMAT, **asdict(self.settings), "seed": self.seed})
+            if found.get("id_order", "sorted") != self.id_order:  # an older run's days
+                log.warning(
+                    "%s: the interrupted run before this one numbered ids in %s order: "
+                    "starting over",
+                    self.dir,
+                    found.get("id_order", "sorted"),
+                )
+                self._clear()
+            else:
+                self.seed = int(found["seed"])
+        if not path.exists():
+            settings = {"format": FORMAT, **asdict(self.settings), "seed": self.seed}
+            _write_json(path, {**settings, "id_order": self.id_order})
 
     def _done(self, day: int) -> dict[str, Any] | None:
         path = self.dir / f"day_{day}.json"
@@ -422,7 +547,7 @@ class Preprocessor:
             _NpyWriter(self._path(day, "labels.npy"), np.int32, 1),
             _NpyWriter(self._path(day, "raw.npy" if vocab else "sparse.npy"), _id_dtype(s), 26),
         ]
-        uniques = _Uniques() if vocab else None
+        uniques = self._first_seen() if vocab else None
         rng = np.random.default_rng([self.seed, day]) if s.sub_sample_rate > 0 else None
         lines = bad = dropped = positives = 0
         first_bad = ""
@@ -448,11 +573,11 @@ class Preprocessor:
                 if s.max_ind_range > 0:
                     sparse = sparse % np.uint32(s.max_ind_range)
                 positives += int(labels.sum())
+                if uniques is not None:
+                    uniques.add(sparse, writers[0].rows)
                 writers[0].append(dense_transform(dense))
                 writers[1].append(labels)
                 writers[2].append(sparse)
-                if uniques is not None:
-                    uniques.add(sparse)
         except BaseException:
             for w in writers:
                 w.abort()
@@ -472,6 +597,9 @@ class Preprocessor:
         }
         _write_json(self.dir / f"day_{day}.json", record)
         return record
+
+    def _first_seen(self) -> _FirstSeen:
+        return _SortedUniques() if self.id_order == "sorted" else _FirstSeen()
 
     @staticmethod
     def _log_day(day: int, record: dict[str, Any]) -> None:
@@ -512,17 +640,21 @@ class Preprocessor:
         vocab = _load_vocab(vocab_path)
         for day in todo:
             self._map_day(day, vocab)
-        return [int(v.size) for v in vocab]
+        return [int(v.size) for v, _ in vocab]
 
-    def _vocabulary(self, feature: int) -> np.ndarray:
-        """The sorted distinct values of `feature` over all days."""
-        merged = np.empty(0, dtype=np.uint32)
+    def _day_uniques(self, feature: int) -> Iterator[np.ndarray]:
         for day in range(self.days):
             with np.load(self._path(day, "uniques.npz")) as z:
-                merged = np.union1d(merged, z[f"f{feature}"])
-        return merged
+                yield z[f"f{feature}"]
 
-    def _map_day(self, day: int, vocab: list[np.ndarray]) -> None:
+    def _vocabulary(self, feature: int) -> np.ndarray:
+        """`feature`'s distinct values over all days in id order (uint32): by first
+        appearance (day by day, line by line), or sorted (id_order="sorted")."""
+        if self.id_order == "sorted":
+            return functools.reduce(np.union1d, self._day_uniques(feature), _NO_VALUES)
+        return first_appearance(self._day_uniques(feature))
+
+    def _map_day(self, day: int, vocab: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Day `day`'s raw values -> their rows in the vocabulary (day_{day}_sparse.npy)."""
         raw_path = self._path(day, "raw.npy")
         empty = raw_path.stat().st_size == _HEADER_BYTES  # numpy cannot map 0 bytes
@@ -533,8 +665,8 @@ class Preprocessor:
             for lo in range(0, rows, _MAP_ROWS):
                 block = np.asarray(raw[lo : lo + _MAP_ROWS])  # type: ignore[index]
                 ids = np.empty(block.shape, dtype=np.int32)
-                for f in range(NUM_SPARSE):
-                    ids[:, f] = np.searchsorted(vocab[f], block[:, f])
+                for f, (values, rows) in enumerate(vocab):
+                    ids[:, f] = rows[np.searchsorted(values, block[:, f])]
                 out.append(ids)
         except BaseException:
             out.abort()
@@ -590,7 +722,7 @@ def ensure_processed(cfg: DataConfig, seed: int, rank: int = 0, poll_s: float = 
             seed,
             cfg.preprocess_workers,
         ).run()
-    while (meta := load_meta(directory)) is None:
+    while (meta := load_meta(directory)) is None or stale_ids(meta):  # rank 0 rebuilds it
         time.sleep(poll_s)
     check_settings(meta, settings, directory)
     return meta

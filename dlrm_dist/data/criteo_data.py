@@ -8,11 +8,16 @@ Terabyte: days 0-22 train, day 23 test/val. The trainer evaluates on `test`, as 
 
 Shuffling (`--data-randomize`, training rows only, fixed for the run as in the reference):
 `total` permutes all training rows, `day` permutes within each day (days stay in order), `none`
-keeps the file order. The permutation is a keyed bijection of [0, n) (`hashing.Bijection`, a
-4-round Feistel network on the next even power of two, cycle-walking back into range), so it
-costs no memory and any rank computes any batch's rows alone; the reference draws
-`np.random.permutation` from its global stream instead, so its order (and, since that stream
-then seeds the weights, its initial weights) differ from ours when shuffling.
+keeps the file order. `total` and `day` are the reference's permutations, drawn from its
+seeded numpy stream (`rs`) when the split is built, as the reference's dataset draws them
+(`criteo_shuffle`: without memory_map its in-memory dataset's, which every split's build
+draws; with memory_map its reordered days', which the train split's build draws): the same
+order, and the stream left where the reference leaves it for the initial weights. The order
+is held whole on every rank (8 bytes a training row); each rank reads its slice of it.
+`total-bijection` / `day-bijection` are ours, for data too large for that: a keyed bijection
+of [0, n) (`hashing.Bijection`, a 4-round Feistel network on the next even power of two,
+cycle-walking back into range), no memory, no draws from rs, any rank computes any batch's
+rows alone; its orders are not the reference's.
 
 Global batch b holds positions [b B, (b + 1) B) of the split's order; a rank reads only rows
 [start, stop) of it (its contiguous slice, `batch_source.local_bounds`) from the memory maps, so
@@ -35,14 +40,15 @@ import numpy as np
 from dlrm_dist.arch import feature_names
 from dlrm_dist.config import choices
 from dlrm_dist.data.batch_source import BatchSource, RawBatch, local_bounds
-from dlrm_dist.data.criteo_files import load_meta
+from dlrm_dist.data.criteo_files import load_meta, refuse_stale, stale_ids
+from dlrm_dist.data.criteo_shuffle import in_memory_order, reordered_order
 from dlrm_dist.data.criteo_tsv import NUM_DENSE, NUM_SPARSE
 from dlrm_dist.data.hashing import Bijection, mix64
 from dlrm_dist.data.multi_hot import MultiHot
 from dlrm_dist.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
-RANDOMIZE = choices("data", "data_randomize")  # total | day | none
+RANDOMIZE = choices("data", "data_randomize")  # total | day | none | *-bijection
 
 
 class CriteoData(BatchSource):
@@ -53,6 +59,10 @@ class CriteoData(BatchSource):
     lengths (26, n) int64 (all ones; with multi_hot_sizes k, row t all k[t]), values
     (sum of lengths,) int64 table-major, targets (n, 1) f32; as TorchRec Batches (iteration),
     KJTs keyed cat_0..cat_25.
+
+    rs: the reference's numpy stream, which `total` and `day` draw from when the split is
+    built (see the module docstring); None: a fresh one seeded with `seed`. memory_map: the
+    reference's --memory-map (its reordered days' shuffle).
     """
 
     def __init__(
@@ -67,6 +77,8 @@ class CriteoData(BatchSource):
         num_batches: int = 0,
         multi_hot_sizes: list[int] | tuple[int, ...] = (),
         multi_hot_distribution: str = "uniform",
+        rs: np.random.RandomState | None = None,
+        memory_map: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: use one of {', '.join(SPLITS)}")
@@ -75,6 +87,8 @@ class CriteoData(BatchSource):
         meta = load_meta(directory)
         if meta is None:
             raise ConfigError(f"{directory} holds no processed Criteo data (no meta.json)")
+        if stale_ids(meta):
+            raise refuse_stale(Path(directory), "preprocess it again (--raw-data-file)")
         self.dir = Path(directory)
         self.counts = list(meta["counts"])
         rows = [int(day["rows"]) for day in meta["days"]]
@@ -96,6 +110,7 @@ class CriteoData(BatchSource):
         keys = feature_names(NUM_SPARSE)
         super().__init__(keys, mini_batch_size, num_batches, self.rows, rank, world_size)
         self.randomize = randomize if split == "train" else "none"
+        self.order = self._draw(rows, split, randomize, memory_map, rs, seed)
         self._perm_total = Bijection(self.rows, mix64(seed) ^ 0x7074)
         self._perm_day = [
             Bijection(n, mix64(seed) ^ (day + 1)) for (day, _, _), n in zip(self.segments, sizes)
@@ -119,13 +134,29 @@ class CriteoData(BatchSource):
             arrays.append(a)
         return arrays[0], arrays[1], arrays[2]
 
+    @staticmethod
+    def _draw(rows, split, randomize, memory_map, rs, seed) -> np.ndarray | None:
+        """The reference's order of the training rows (`total`, `day`), drawn from rs as the
+        reference's dataset build draws it; the test and val splits draw it too without
+        memory_map (and keep none), nothing with it (the reference reorders once)."""
+        if randomize not in ("total", "day") or (memory_map and split != "train"):
+            return None
+        rs = np.random.RandomState(seed) if rs is None else rs
+        if memory_map:
+            order = reordered_order(rs, rows, randomize)
+        else:
+            order = in_memory_order(rs, rows[:-1], randomize)
+        return order if split == "train" else None
+
     def positions(self, index: int) -> np.ndarray:
         """Rows of the split (in file order) that this rank's slice of batch `index` holds."""
         start, stop = local_bounds(self.batch_size(index), self.rank, self.world_size)
         pos = np.arange(start, stop, dtype=np.int64) + index * self.mini_batch_size
-        if self.randomize == "total":
+        if self.order is not None:
+            return self.order[pos]
+        if self.randomize == "total-bijection":
             return self._perm_total(pos)
-        if self.randomize == "day":
+        if self.randomize == "day-bijection":
             seg = np.searchsorted(self.starts, pos, side="right") - 1
             out = np.empty_like(pos)
             for s in np.unique(seg):

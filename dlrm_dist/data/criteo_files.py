@@ -13,9 +13,10 @@ from dlrm_dist.config import DataConfig, ModelConfig, flag_name
 from dlrm_dist.data.criteo_tsv import NUM_DENSE
 from dlrm_dist.errors import ConfigError
 
-FORMAT = 1
+FORMAT = 2  # 2: vocabulary ids in first-appearance order (1: sorted order)
 DAYS = {"kaggle": 7, "terabyte": 24}  # per --data-set (the config's choices)
 META = "meta.json"
+ID_ORDER = "first-appearance"  # the vocabulary's ids: the reference's order
 SETTINGS = "settings.json"
 
 
@@ -66,6 +67,28 @@ def load_meta(directory: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+def id_order(meta: dict[str, Any]) -> str:
+    """How the processed data numbers each feature's values: `first-appearance` (vocab:
+    the reference's order), `sorted` (vocab, written before format 2) or `hash`."""
+    if meta.get("cat_encoding") == "hash":
+        return "hash"
+    return str(meta.get("id_order", "sorted"))
+
+
+def stale_ids(meta: dict[str, Any]) -> bool:
+    """Whether the data's ids are not the ones preprocessing writes now (the old sorted
+    vocabulary order: other ids than the reference's, so never mixed with them)."""
+    return id_order(meta) == "sorted"
+
+
+def refuse_stale(directory: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"{directory} holds Criteo data preprocessed by an older dlrm_dist, with each feature's "
+        "ids in sorted order (the reference numbers them in order of first appearance, so the "
+        f"ids and losses differ): {why}"
+    )
 
 
 def _flag(key: str) -> str:

@@ -36,9 +36,7 @@ def make_data(
     each rank draws only its slice; batch b depends only on the seed, the set and b; with a
     CUDA `device`, drawn there by the same generator in torch (the same numbers, no host
     cores in the way of a GPU's rate); test_num_batches sizes its test split.
-    `dataset`: the processed Criteo data's train (or test) split, each rank reading its
-    slice (`dataset_tables` has preprocessed it and taken the tables from it), its ids
-    expanded into bags when multi_hot_sizes are given."""
+    `dataset`: Criteo's train (or test) split, shuffled as the reference (drawn from rs)."""
     d = cfg.data
     seed = cfg.train.numpy_rand_seed
     batch = d.test_mini_batch_size if eval_set and d.test_mini_batch_size > 0 else None
@@ -57,6 +55,8 @@ def make_data(
             limit,
             d.multi_hot_sizes,
             d.multi_hot_distribution,
+            rs,
+            d.memory_map,
         )
     common = dict(
         dense_features=arch.m_den,

@@ -1,7 +1,8 @@
 """Criteo ingestion and loading on small files written here in the exact raw layout: the
 reference's transforms (computed by hand), hashing and vocabularies, sub-sampling, every
 malformed-input case, line ends and gzip, resuming, splits, rank slices, torchrec's reader,
-the trainer end to end, and a planted signal it must learn."""
+the trainer end to end, and a planted signal it must learn; the reference's ids, shuffles and
+losses against tests/oracle.py (its preprocessing and shuffles written from its definition)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import gzip
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ from dlrm_dist.data.criteo_files import Settings
 from dlrm_dist.errors import ConfigError
 from dlrm_dist.train import main
 from tests.common import ROOT
+from tests.oracle import oracle_criteo_days, oracle_criteo_preprocess, oracle_train
 from tests.unit.test_criteo import BAD, GOOD, SIZES, _line
 
 
@@ -90,6 +93,11 @@ def _by_hand(lines: list[str], max_ind_range: int = -1):
     return np.array(labels), np.array(dense), np.array(values, dtype=np.int64)
 
 
+def _first_seen(values: list[int]) -> list[int]:
+    """The distinct values in order of first appearance."""
+    return list(dict.fromkeys(values))
+
+
 def test_dense_labels_and_vocabulary_by_hand(tmp_path):
     raw = _write(tmp_path / "train.txt", HAND * 3)  # 9 lines over 7 days
     meta = _preprocess(raw, tmp_path / "p")
@@ -98,10 +106,12 @@ def test_dense_labels_and_vocabulary_by_hand(tmp_path):
     np.testing.assert_array_equal(labels[:, 0], want_labels)
     assert dense.dtype == np.float32 and sparse.dtype == np.int32 and labels.dtype == np.int32
     np.testing.assert_allclose(dense, want_dense, rtol=1e-6)
-    vocab = [sorted(set(values[:, f].tolist())) for f in range(26)]
+    vocab = [_first_seen(values[:, f].tolist()) for f in range(26)]
     want = [[vocab[f].index(v) for f, v in enumerate(row)] for row in values.tolist()]
     np.testing.assert_array_equal(sparse, want)
-    assert meta["counts"] == [len(v) for v in vocab]
+    assert meta["counts"] == [len(v) for v in vocab] and meta["id_order"] == "first-appearance"
+    with np.load(tmp_path / "p" / "vocab.npz") as z:  # row r of table f is the value f{f}[r]
+        assert [z[f"f{f}"].tolist() for f in range(26)] == vocab
     assert [d["rows"] for d in meta["days"]] == [2, 2, 1, 1, 1, 1, 1]  # divmod(9, 7)
 
 
@@ -115,11 +125,11 @@ def test_max_ind_range(tmp_path, encoding):
     if encoding == "hash":  # value % M is the row; every table has M rows
         np.testing.assert_array_equal(sparse, values)
         assert meta["counts"] == [7] * 26
-    else:  # the reference: value % M, then the row in the vocabulary of those
-        vocab = [np.unique(values[:, f]) for f in range(26)]
+    else:  # the reference: value % M, then its row in the vocabulary of those
+        vocab = [_first_seen(values[:, f].tolist()) for f in range(26)]
         for f in range(26):
-            np.testing.assert_array_equal(sparse[:, f], np.searchsorted(vocab[f], values[:, f]))
-        assert meta["counts"] == [v.size for v in vocab]
+            np.testing.assert_array_equal(sparse[:, f], [vocab[f].index(v) for v in values[:, f]])
+        assert meta["counts"] == [len(v) for v in vocab]
         assert max(meta["counts"]) <= 7
 
 
@@ -336,7 +346,7 @@ def processed_100(tmp_path_factory) -> Path:
     return tmp / "p"
 
 
-@pytest.mark.parametrize("randomize", ["none", "day", "total"])
+@pytest.mark.parametrize("randomize", ["none", "day", "total", "day-bijection", "total-bijection"])
 def test_rank_slices_concatenate_to_the_global_batch(processed_100, randomize):
     full = CriteoData(processed_100, "train", 12, randomize=randomize, seed=3)
     assert len(full) == 8 and full.batch_size(7) == 2  # 86 = 7 * 12 + 2
@@ -361,7 +371,7 @@ def test_rank_slices_concatenate_to_the_global_batch(processed_100, randomize):
     assert sorted(flat) == list(range(86))  # every training row once per epoch
     if randomize == "none":
         assert flat == list(range(86))
-    elif randomize == "day":  # shuffled within each day, days in order
+    elif randomize.startswith("day"):  # shuffled within each day, days in order
         bounds = [0, 15, 30, 44, 58, 72, 86]
         for lo, hi in zip(bounds, bounds[1:]):
             assert sorted(flat[lo:hi]) == list(range(lo, hi)) and flat[lo:hi] != list(range(lo, hi))
@@ -601,3 +611,187 @@ def test_two_ranks_train_multi_hot_criteo_like_one(tmp_path):
     for name, want in one.final_weights.items():
         np.testing.assert_allclose(two["weights"][name], want, rtol=1e-5, atol=1e-6)
     assert two["evals"][-1]["auc"] == pytest.approx(one.evals[-1]["auc"], abs=1e-6)
+
+
+# --- the reference's numbers: its ids, its shuffles, its losses (tests/oracle.py) ---------
+
+
+def _reference_lines(rng: np.random.Generator, n: int, first_id: int) -> list[str]:
+    """n lines whose categories come from small pools (values repeat within and across
+    days, so the id order matters), some fields empty, one line all empty."""
+    out = []
+    for i in range(n):
+        ints = [first_id + i] + [
+            None if rng.random() < 0.15 else int(rng.integers(-2, 60)) for _ in range(12)
+        ]
+        cats = [
+            None if rng.random() < 0.1 else int(rng.integers(0, 4 + 2 * f)) * 7919 + f
+            for f in range(26)
+        ]
+        out.append(_line(int(rng.random() < 0.4), ints, cats))
+    out[n // 2] = _line(None, [None] * 13, [None] * 26)
+    return out
+
+
+def _write_crlf_at(path: Path, lines: list[str], crlf: int) -> Path:
+    """Lines ending in LF, line `crlf` in CRLF, the last one without its newline."""
+    ends = ["\r\n" if i == crlf else "\n" for i in range(len(lines))]
+    ends[-1] = ""
+    path.write_bytes("".join(line + end for line, end in zip(lines, ends)).encode())
+    return path
+
+
+def _reference_raw(tmp_path: Path, data_set: str) -> tuple[Path, list[Path]]:
+    """Kaggle: 70 lines (7 days of 10); Terabyte: 24 days of 4 lines."""
+    rng = np.random.default_rng(11)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if data_set == "kaggle":
+        raw = _write_crlf_at(tmp_path / "train.txt", _reference_lines(rng, 70, 0), crlf=13)
+        return raw, [raw]
+    paths = [
+        _write_crlf_at(tmp_path / f"day_{d}", _reference_lines(rng, 4, 4 * d), crlf=d % 4)
+        for d in range(24)
+    ]
+    return tmp_path / "day", paths
+
+
+@pytest.mark.parametrize("max_ind_range", [-1, 13])
+@pytest.mark.parametrize("data_set", ["kaggle", "terabyte"])
+def test_ids_dense_and_labels_are_the_references(tmp_path, data_set, max_ind_range):
+    raw, paths = _reference_raw(tmp_path / "raw", data_set)
+    want = oracle_criteo_preprocess(oracle_criteo_days(paths, data_set == "kaggle"), max_ind_range)
+    days = criteo_files.DAYS[data_set]
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        meta = _preprocess(raw, out, data_set, max_ind_range=max_ind_range, workers=workers)
+        dense, sparse, labels = _arrays(out, days)
+        np.testing.assert_array_equal(sparse, want["X_cat"])
+        np.testing.assert_array_equal(labels[:, 0], want["y"])
+        log = np.log(want["X_int"].astype(np.float64) + 1)
+        np.testing.assert_allclose(dense, log, rtol=1e-6)
+        assert meta["counts"] == want["counts"]
+        assert [d["rows"] for d in meta["days"]] == want["day_rows"]
+    ids = want["X_cat"][:, 0].tolist()
+    assert set(ids[:10]) & set(ids[-10:])  # values repeat across days
+    assert _files(tmp_path / "w2") == _files(tmp_path / "w1")  # byte for byte
+
+
+_SHUFFLES = [("none", False), ("day", False), ("total", False), ("day", True), ("total", True)]
+
+
+def _reference_run(raw: Path, out: Path, randomize: str, memory_map: bool) -> list[str]:
+    extra = ["--memory-map"] if memory_map else []
+    return _train_args(
+        raw,
+        out,
+        "--mini-batch-size=6",
+        "--learning-rate=0.1",
+        "--numpy-rand-seed=7",
+        f"--data-randomize={randomize}",
+        *extra,
+    )
+
+
+def _oracle_run(paths: list[Path], randomize: str, memory_map: bool) -> dict:
+    data = oracle_criteo_preprocess(oracle_criteo_days(paths, kaggle=True))
+    return oracle_train(
+        seed=7,
+        m_spa=8,
+        ln_emb=data["counts"],
+        ln_bot=[13, 16, 8],
+        ln_top_user=[16, 1],
+        loss_function="bce",
+        learning_rate=0.1,
+        data_size=0,
+        mini_batch_size=6,
+        criteo={**data, "randomize": randomize, "memory_map": memory_map},
+    )
+
+
+@pytest.mark.parametrize(("randomize", "memory_map"), _SHUFFLES)
+def test_losses_and_weights_are_the_references(tmp_path, randomize, memory_map):
+    from dlrm_dist.arch import derive_arch, parameter_order
+    from dlrm_dist.cli import parse_args
+    from dlrm_dist.data.sources import dataset_tables
+    from dlrm_dist.train import run
+
+    raw, paths = _reference_raw(tmp_path / "raw", "kaggle")
+    argv = _reference_run(raw, tmp_path / "p", randomize, memory_map)
+    ours = run(parse_args(argv))
+    want = _oracle_run(paths, randomize, memory_map)
+    assert len(ours.losses) == len(want["losses"]) == 10  # 60 training rows, batches of 6
+    np.testing.assert_allclose(ours.losses, want["losses"], rtol=1e-5, atol=1e-7)
+    cfg = dataset_tables(parse_args(argv), 0)
+    names = parameter_order(derive_arch(cfg.model, 13))
+    for name, value in zip(names, want["params"], strict=True):
+        np.testing.assert_allclose(ours.final_weights[name], value, rtol=1e-4, atol=1e-6)
+    if randomize != "none":  # the shuffle matters: the file order gives other losses
+        plain = _oracle_run(paths, "none", False)["losses"]
+        assert not np.allclose(want["losses"], plain, rtol=1e-3)
+
+
+@pytest.mark.timeout(400)
+def test_two_ranks_give_the_references_losses(tmp_path):
+    from tests.multiprocess import launch, train_many
+
+    raw, paths = _reference_raw(tmp_path / "raw", "kaggle")
+    _preprocess(raw, tmp_path / "p")  # before the ranks start: the runs share it
+    argvs = [_reference_run(raw, tmp_path / "p", r, m) for r, m in _SHUFFLES]
+    ranks = launch(2, train_many, argvs)
+    for i, (randomize, memory_map) in enumerate(_SHUFFLES):
+        want = _oracle_run(paths, randomize, memory_map)["losses"]
+        for rank in (0, 1):
+            got = ranks[rank][i]["losses"]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=str(i))
+
+
+def _make_stale(directory: Path) -> None:
+    """Turn processed data into what dlrm_dist wrote before format 2 (sorted ids)."""
+    meta = json.loads((directory / "meta.json").read_text())
+    meta.pop("id_order")
+    meta["format"] = 1
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def test_data_with_the_old_sorted_ids_is_rebuilt_or_refused(tmp_path, caplog, capsys):
+    raw, _ = _reference_raw(tmp_path / "raw", "kaggle")
+    fresh = _preprocess(raw, tmp_path / "fresh")
+    Preprocessor(Settings(), str(raw), tmp_path / "old", id_order="sorted").run()
+    _, sorted_ids, _ = _arrays(tmp_path / "old", 7)
+    assert (sorted_ids != _arrays(tmp_path / "fresh", 7)[1]).any()  # the orders differ here
+    _make_stale(tmp_path / "old")
+    with pytest.raises(ConfigError, match="older dlrm_dist, with each feature's ids in sorted"):
+        CriteoData(tmp_path / "old", "train", 4)  # never read as if they were the new ids
+    with pytest.raises(ConfigError) as err:  # no raw data to rebuild from: refused
+        Preprocessor(Settings(), "", tmp_path / "old").run()
+    assert "pass --raw-data-file to rebuild it" in str(err.value) and "\n" not in str(err.value)
+    shutil.copytree(tmp_path / "old", tmp_path / "old2")
+    with caplog.at_level("WARNING", logger="dlrm_dist"):  # the raw files are there: rebuilt
+        rebuilt = _preprocess(raw, tmp_path / "old")
+    assert "rebuilding it from" in caplog.text
+    assert rebuilt == fresh and _files(tmp_path / "old") == _files(tmp_path / "fresh")
+    assert main(_train_args("", tmp_path / "old2")) == 2  # the trainer: one line, exit 2
+    assert "sorted order" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_an_interrupted_run_of_the_old_order_starts_over(tmp_path, monkeypatch, caplog):
+    raw, _ = _reference_raw(tmp_path / "raw", "terabyte")
+    clean = _preprocess(raw, tmp_path / "clean", "terabyte")
+    real = Preprocessor._parse_day
+
+    def interrupted(self, day, pieces, path):
+        if day == 3:
+            raise KeyboardInterrupt
+        return real(self, day, pieces, path)
+
+    monkeypatch.setattr(Preprocessor, "_parse_day", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Preprocessor(Settings("terabyte"), str(raw), tmp_path / "p", id_order="sorted").run()
+    monkeypatch.setattr(Preprocessor, "_parse_day", real)
+    settings = json.loads((tmp_path / "p" / "settings.json").read_text())
+    settings.pop("id_order")  # as the old format wrote it
+    (tmp_path / "p" / "settings.json").write_text(json.dumps(settings))
+    with caplog.at_level("WARNING", logger="dlrm_dist"):
+        resumed = _preprocess(raw, tmp_path / "p", "terabyte")
+    assert "numbered ids in sorted order: starting over" in caplog.text
+    assert resumed == clean and _files(tmp_path / "p") == _files(tmp_path / "clean")

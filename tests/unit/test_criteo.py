@@ -1,6 +1,7 @@
 """Criteo without files or processes: the TSV parser's cases, the settings' checks, the
-shuffle bijection, multi-hot bags against their laws, torchrec's feature counts, the
-reference flags, the planner's pooling factors."""
+first-appearance vocabulary, the reference's shuffles against the oracle's, the shuffle
+bijection, multi-hot bags against their laws, torchrec's feature counts, the reference flags,
+the planner's pooling factors."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrm_dist.data import criteo_files, criteo_tsv
+from dlrm_dist.data import criteo_files, criteo_shuffle, criteo_tsv
+from dlrm_dist.data.criteo import _FirstSeen, first_appearance
 from dlrm_dist.data.criteo_data import Bijection
 from dlrm_dist.data.multi_hot import MultiHot
 from dlrm_dist.errors import ConfigError
 from tests.common import ROOT
+from tests.oracle import oracle_criteo_order
 
 
 def _line(label, ints, cats) -> str:
@@ -59,6 +62,53 @@ def test_parser_and_describe_agree_on_every_case():
         assert criteo_tsv.describe(bad.encode()) != "malformed line"
 
 
+def test_vocabulary_ids_are_the_order_of_first_appearance():
+    rng = np.random.default_rng(0)
+    days = [rng.integers(0, 30, size=(n, 26)).astype(np.uint32) for n in (50, 0, 1, 70, 9)]
+    days[3][:, 5] = np.uint32(0xFFFFFFFF)  # the largest value, first seen on day 3
+    keys = []
+    for day in days:
+        seen = _FirstSeen()
+        for lo in range(0, day.shape[0], 8):  # in blocks, as a day is parsed
+            seen.add(day[lo : lo + 8], lo)
+        keys.append(seen.result())
+    for f in range(26):
+        values = np.concatenate([d[:, f] for d in days]).tolist()
+        want = list(dict.fromkeys(values))  # a dict filled line by line, day by day
+        got = first_appearance(k[f] for k in keys)
+        assert got.dtype == np.uint32 and got.tolist() == want
+
+
+@pytest.mark.parametrize(
+    "day_rows",
+    [[5, 0, 9, 3, 7, 4, 6], [15, 15, 14, 14, 14, 14, 14], [40, 3, 25, 1, 30, 2, 11], [1] * 24],
+)
+@pytest.mark.parametrize("how", ["total", "day"])
+@pytest.mark.parametrize("memory_map", [False, True])
+def test_reference_shuffles_are_the_oracles(monkeypatch, day_rows, how, memory_map):
+    monkeypatch.setattr(criteo_shuffle, "_CHUNK", 7)  # steps end inside a day, and
+    monkeypatch.setattr(criteo_shuffle, "_TRIM", 5)  # the redraw buffer is cut back
+    want_rs, rs = np.random.RandomState(3), np.random.RandomState(3)
+    want = oracle_criteo_order(want_rs, day_rows, how, memory_map)
+    if memory_map:
+        got = criteo_shuffle.reordered_order(rs, day_rows, how)
+    else:  # the train split's build, then the test split's
+        got = criteo_shuffle.in_memory_order(rs, day_rows[:-1], how)
+        criteo_shuffle.in_memory_order(rs, day_rows[:-1], how)
+    np.testing.assert_array_equal(got, want)
+    assert sorted(got.tolist()) == list(range(sum(day_rows[:-1])))
+    assert rs.randint(1 << 30, size=4).tolist() == want_rs.randint(1 << 30, size=4).tolist()
+
+
+def test_a_block_of_redraws_is_that_many_scalar_redraws():
+    """What criteo_shuffle's read-ahead relies on (numpy's legacy bounded integers)."""
+    a, b = np.random.RandomState(1), np.random.RandomState(1)
+    for high in (1, 6, 23):
+        scalars = [a.randint(low=0, high=high) for _ in range(3000)]
+        assert b.randint(0, high, size=3000).tolist() == scalars
+    assert a.random_sample() == b.random_sample()
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 1000, 4097])
 def test_bijection_is_a_permutation(n):
     perm = Bijection(n, 7)(np.arange(n))
@@ -84,6 +134,7 @@ def test_reference_flags_map_onto_the_data_section():
     ).data
     assert (d.data_set, d.raw_data_file, d.max_ind_range) == ("terabyte", "input/day", 10**7)
     assert (d.data_sub_sample_rate, d.data_randomize, d.skip_bad_lines) == (0.875, "day", True)
+    assert parse_args(["--data-randomize=day-bijection"]).data.data_randomize == "day-bijection"
     assert criteo_files.processed_dir(d) == Path("input/day_processed")
 
 
@@ -92,7 +143,7 @@ def test_reference_flags_map_onto_the_data_section():
     [
         ([], "needs --raw-data-file"),
         (["--raw-data-file=x", "--data-set=criteo"], "--data-set=criteo is not supported"),
-        (["--raw-data-file=x", "--data-randomize=epoch"], "--data-randomize=epoch is not"),
+        (["--raw-data-file=x", "--data-randomize=epoch"], "epoch is not .*total-bijection"),
         (["--raw-data-file=x", "--data-sub-sample-rate=1"], "must lie in \\[0, 1\\)"),
         (["--raw-data-file=x", "--data-cat-encoding=hash"], "hash needs --max-ind-range > 0"),
         (["--raw-data-file=x", f"--max-ind-range={1 << 31}"], "must be below 2\\^31"),
