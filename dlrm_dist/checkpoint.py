@@ -18,10 +18,19 @@ previous checkpoints as they were. Loading runs no code from the files: tensors 
 with `torch.load(weights_only=True)` (DCP), DCP's pickled index through an unpickler
 that admits only DCP's metadata classes, the rest with json and tomllib.
 
+Saves overlap training (`--async-checkpoint`, on by default): at a due step the trainer
+waits only while this rank's state is copied into host buffers (kept between saves: one
+copy of this rank's shards and optimizer state); a background thread writes the copy with
+DCP, hashes the files and publishes, over a gloo group of its own (the training group's
+collectives stay on the main thread). At most one save is in flight: the next due save, the
+last one and the end of the run wait for it first, and its error is raised there.
+
 What we add to DCP, and why: the atomic publish (DCP writes in place), file hashes (DCP
 cannot tell a flipped byte from a weight), the checks that turn a damaged or
-mismatching checkpoint into one line naming the file or tensors, and the safe index
-reader (DCP's uses pickle.load).
+mismatching checkpoint into one line naming the file or tensors, the safe index
+reader (DCP's uses pickle.load), and the background writer: DCP's `async_save` stages and
+writes, but the hashes and the publish must follow the write, and its API differs across
+the torch versions we support (2.11-2.14), `dcp.save` on a staged copy does not.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ import os
 import pickle
 import re
 import shutil
+import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -45,6 +56,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -59,6 +71,7 @@ FORMAT = "dlrm_dist checkpoint 1"
 RECORD = "checkpoint.json"
 CONFIG = "config.toml"
 _STEP_DIR = re.compile(r"step-(\d+)")
+_SWITCH_INTERVAL_S = 1e-4  # while a save is written in the background (see _InFlight)
 
 
 @dataclasses.dataclass
@@ -89,13 +102,87 @@ def latest(directory: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def describe_resume(cfg: Config) -> str:
+    """Where a run with cfg resumes, in words, for the first line of a start (rank 0);
+    never raises: a bad --resume is reported by `CheckpointManager.load` as usual."""
+    try:
+        path = resume_path(cfg)
+        if path is None:
+            return "starting fresh"
+        record = _read_record(path)
+    except (CheckpointError, OSError):
+        return f"resuming as --resume {cfg.checkpoint.resume} says"
+    step, world = record["state"]["step"], record["world_size"]
+    return f"resuming from {path} (step {step}, saved by {world} rank(s))"
+
+
+def resume_path(cfg: Config) -> Path | None:
+    """The checkpoint `--resume` names, or None to start fresh. Raises CheckpointError."""
+    resume = cfg.checkpoint.resume
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest(cfg.checkpoint.dir)
+    path = Path(resume)
+    if (path / RECORD).is_file():
+        return path
+    if path.is_dir() and latest(path) is not None:
+        return latest(path)
+    if path.is_dir() and _STEP_DIR.fullmatch(path.name):
+        raise _damaged(path, f"{RECORD} is missing")
+    what = "holds no checkpoint" if path.is_dir() else "does not exist"
+    raise CheckpointError(
+        f"--resume {resume}: {path} {what}; give a step-N folder or a directory of "
+        "them, or --resume auto with --checkpoint-dir"
+    )
+
+
+@dataclasses.dataclass
+class _Job:
+    """One save: the position, the tensors DCP writes (host copies when written in the
+    background), and the RNG and data-stream state of the record, all taken when it was
+    due (the background writer publishes them later)."""
+
+    state: TrainState
+    tensors: dict[str, Any]
+    rng: dict[str, Any]  # the record's numpy_rng and torch_rng
+    staged_s: float  # how long the step waited to copy the state
+
+
+class _InFlight:
+    """A save running in a daemon thread (a process that dies mid-save leaves only the
+    `.tmp-step-N` folder, which is never loaded); its error is kept for `wait`."""
+
+    def __init__(self, write: Callable[[], Any]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(write,), name="dlrm_dist-checkpoint", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, write: Callable[[], Any]) -> None:
+        # DCP's planning is Python: with the default 5 ms switch interval the training loop,
+        # back from each kernel, waited up to 5 ms for the GIL (steps 3x slower while a save
+        # was in flight, on the test jobs); a short one hands it back at once
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, _SWITCH_INTERVAL_S))
+        try:
+            write()
+        except BaseException as exc:  # raised on the main thread by wait()
+            self.error = exc
+        finally:
+            sys.setswitchinterval(interval)
+
+
 class CheckpointManager:
     """Saves and loads one run's state: the sharded model and embedding optimizer state,
     the dense optimizers, the position (the lr follows from the step), the reference
     data stream `rs` and torch's RNG, and the config. All ranks make the same calls.
 
     `load()` once before training; `save(state)` after every step (it saves when due:
-    every `--checkpoint-every` steps) and `save(state, last=True)` at the end.
+    every `--checkpoint-every` steps, in the background with `--async-checkpoint`),
+    `save(state, last=True)` at the end (it returns once published), and `close()` on
+    the way out, also after a failure (a save in flight finishes before the group goes).
     """
 
     def __init__(
@@ -111,7 +198,13 @@ class CheckpointManager:
         self.rank, self.world_size = rank, world_size
         self.dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
         self.every = cfg.checkpoint.every
+        self.overlap = cfg.checkpoint.async_save and dist.is_initialized()
         self._saved_step = -1  # the step of the newest checkpoint of this run in self.dir
+        self._in_flight: _InFlight | None = None
+        self._job: _Job | None = None  # the newest save, in flight or done
+        self._group: Any = None  # the background writer's own gloo group, made at its 1st save
+        self._staged: dict[str, Any] | None = None  # host copies, reused from save to save
+        self._layout: dict[str, tuple] = {}
 
     def load(self) -> TrainState:
         """Restore the checkpoint `--resume` names; a fresh TrainState when there is none
@@ -151,24 +244,66 @@ class CheckpointManager:
         return state
 
     def save(self, state: TrainState, last: bool = False) -> Path | None:
-        """Save when due (every N steps, or `last`); returns the published checkpoint.
-        Raises CheckpointError if the save fails; earlier checkpoints stay as they were."""
+        """Save when due (every N steps, or `last`); returns the checkpoint's path, which a
+        background save publishes later (`wait`). Raises CheckpointError if this save, or
+        the one still in flight, fails; earlier checkpoints stay as they were."""
         due = self.every > 0 and state.step % self.every == 0
-        if self.dir is None or not (due or last) or state.step == self._saved_step:
+        if self.dir is None or not (due or last):
             return None
+        if state.step == self._saved_step:  # saved when it was due, just before the end
+            if last:
+                self.wait()
+            return None
+        self.wait()  # at most one save in flight
         start = time.perf_counter()
+        background = self.overlap and not last
+        tensors = self._stage() if background else self._tensors()
+        job = _Job(state, tensors, self._rng_state(), time.perf_counter() - start)
+        self._job, self._saved_step = job, state.step
         final = self.dir / f"step-{state.step}"
-        tmp = self.dir / f".tmp-step-{state.step}"
+        if background:
+            if self._group is None:  # every rank makes its first due save at the same step
+                self._group = dist.new_group(backend="gloo")
+            self._in_flight = _InFlight(lambda: self._write(job, final, self._group))
+        else:
+            self._write(job, final, None)
+        return final
+
+    def wait(self) -> None:
+        """Return once the save in flight (if any) is published; raise its error."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return
+        in_flight.thread.join()
+        if in_flight.error is not None:
+            raise in_flight.error
+
+    def close(self) -> None:
+        """On the way out: let a save in flight finish. After a failure its own error is
+        only logged (the failure that stopped the run is the one to report); its
+        collectives are bounded by --dist-timeout like every other."""
         try:
-            self._rank0(lambda: _fresh_dir(tmp))
+            self.wait()
+        except Exception as exc:
+            if self.rank == 0:
+                log.warning("checkpoint: the save in flight failed too: %s", _reason(exc))
+
+    def _write(self, job: _Job, final: Path, group: Any) -> None:
+        """Write, hash and publish one save; group: the collectives' process group (the
+        writer thread's own, or None: the default, for a save on the main thread)."""
+        tmp = self.dir / f".tmp-step-{job.state.step}"
+        start = time.perf_counter()
+        try:
+            self._rank0(lambda: _fresh_dir(tmp), group)
             try:
-                dcp.save(self._tensors(), storage_writer=FileSystemWriter(tmp, thread_count=1))
+                writer = FileSystemWriter(tmp, thread_count=1)
+                dcp.save(job.tensors, storage_writer=writer, process_group=group)
             except (CheckpointException, Exception) as exc:
                 raise CheckpointError(_reason(exc)) from None
             mine = sorted(tmp.glob(f"__{self.rank}_*"))
-            files = self._all_ranks(lambda: _hash_files(mine), share=True)
+            files = self._all_ranks(lambda: _hash_files(mine), share=True, group=group)
             files = {name: info for part in files for name, info in part.items()}
-            self._rank0(lambda: self._publish(state, tmp, final, files))
+            self._rank0(lambda: self._publish(job.state, tmp, final, files), group)
         except CheckpointError as exc:
             if self.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -176,14 +311,15 @@ class CheckpointManager:
                 f"could not save checkpoint {final}: {exc}; the checkpoints already there "
                 "are unchanged"
             ) from None
-        self._saved_step = state.step
         if self.rank == 0:
             mb = sum(info["bytes"] for info in files.values()) / 2**20
-            seconds = time.perf_counter() - start
-            log.info("checkpoint: saved %s (%.2f MB of shards, %.2f s)", final, mb, seconds)
+            how = "in the background, " if group is not None else ""
+            log.info(
+                "checkpoint: saved %s (%.2f MB of shards, %.2f s %sthe step waited %.1f ms)",
+                final, mb, time.perf_counter() - start, how, 1e3 * job.staged_s,
+            )  # fmt: skip
         if self.cfg.checkpoint.keep_last > 0:
-            self._rank0(self._prune)
-        return final
+            self._rank0(self._prune, group)
 
     # --- saving -------------------------------------------------------------------------
     def _tensors(self) -> dict[str, Any]:
@@ -196,24 +332,41 @@ class CheckpointManager:
                     flat[f"optimizer.{param}.{name}"] = value
         return flat
 
+    def _stage(self) -> dict[str, Any]:
+        """Host copies of the live tensors (ShardedTensors keep their shards' metadata),
+        into buffers kept from save to save; made anew when the tensors change (an
+        optimizer whose state appears at its first step)."""
+        live = self._tensors()
+        layout = {k: (type(v), tuple(v.size()), v.dtype) for k, v in live.items()}
+        if self._staged is None or layout != self._layout:
+            pinned = torch.cuda.is_available() and any(
+                _device(v).type == "cuda" for v in live.values()
+            )
+            self._staged, self._layout = _create_cpu_state_dict(live, pin_memory=pinned), layout
+        return _copy_state_dict(live, self._staged)
+
+    def _rng_state(self) -> dict[str, Any]:
+        algorithm, keys, pos, has_gauss, cached = self.rs.get_state()
+        numpy_rng = {
+            "algorithm": algorithm,
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
+        return {"numpy_rng": numpy_rng, "torch_rng": torch.get_rng_state().numpy().tobytes().hex()}
+
     def _publish(self, state: TrainState, tmp: Path, final: Path, files: dict) -> None:
-        """Rank 0, once every rank's shards are written: the config and the record, then
-        the atomic rename."""
+        """Rank 0, once every rank's shards are written: the config and the record (the
+        RNG state of the save being written: `self._job`, which no other save replaces
+        while it is in flight), then the atomic rename."""
         (tmp / CONFIG).write_text(to_toml(self.cfg))
         files = {**files, **_hash_files(p for p in tmp.iterdir() if p.name not in files)}
-        algorithm, keys, pos, has_gauss, cached = self.rs.get_state()
         record = {
             "format": FORMAT,
             "state": dataclasses.asdict(state),
             "world_size": self.world_size,
-            "numpy_rng": {
-                "algorithm": algorithm,
-                "keys": keys.tolist(),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached),
-            },
-            "torch_rng": torch.get_rng_state().numpy().tobytes().hex(),
+            **self._job.rng,
             "files": dict(sorted(files.items())),
         }
         _write_synced(tmp / RECORD, json.dumps(record, indent=1))
@@ -237,26 +390,10 @@ class CheckpointManager:
     # --- loading ------------------------------------------------------------------------
     def _resolve(self) -> Path | None:
         """The checkpoint to resume from, or None to start fresh."""
-        resume = self.cfg.checkpoint.resume
-        if not resume:
-            return None
-        if resume == "auto":
-            path = latest(self.dir)
-            if path is None:
-                log.info("checkpoint: none in %s yet; starting fresh", self.dir)
-            return path
-        path = Path(resume)
-        if (path / RECORD).is_file():
-            return path
-        if path.is_dir() and latest(path) is not None:
-            return latest(path)
-        if path.is_dir() and _STEP_DIR.fullmatch(path.name):
-            raise _damaged(path, f"{RECORD} is missing")
-        what = "holds no checkpoint" if path.is_dir() else "does not exist"
-        raise CheckpointError(
-            f"--resume {resume}: {path} {what}; give a step-N folder or a directory of "
-            "them, or --resume auto with --checkpoint-dir"
-        )
+        path = resume_path(self.cfg)
+        if path is None and self.cfg.checkpoint.resume == "auto":
+            log.info("checkpoint: none in %s yet; starting fresh", self.dir)
+        return path
 
     def _check_dir(self, resumed: Path | None, step: int) -> None:
         """The directory may hold only what this run continues from: never overwrite or
@@ -314,9 +451,10 @@ class CheckpointManager:
         torch.set_rng_state(torch.from_numpy(torch_rng.copy()))
 
     # --- agreeing across ranks ----------------------------------------------------------
-    def _rank0(self, fn: Callable[[], Any]) -> Any:
+    def _rank0(self, fn: Callable[[], Any], group: Any = None) -> Any:
         """fn() on rank 0; its result, or its error, on every rank: the ranks act on one
-        view of the files and fail together (a rank left waiting would hang)."""
+        view of the files and fail together (a rank left waiting would hang). group: the
+        process group to agree in (None: the default one)."""
         out: list[Any] = [None]
         if self.rank == 0:
             try:
@@ -324,13 +462,13 @@ class CheckpointManager:
             except Exception as exc:
                 out = [("error", _reason(exc))]
         if self.world_size > 1:
-            dist.broadcast_object_list(out, src=0)
+            dist.broadcast_object_list(out, src=0, group=group)
         kind, value = out[0]
         if kind == "error":
             raise CheckpointError(value)
         return value
 
-    def _all_ranks(self, fn: Callable[[], Any], share: bool = False) -> Any:
+    def _all_ranks(self, fn: Callable[[], Any], share: bool = False, group: Any = None) -> Any:
         """fn() on every rank, the lowest failing rank's error raised on all. Returns
         fn's result here, or with `share` every rank's, in rank order."""
         try:
@@ -340,7 +478,7 @@ class CheckpointManager:
         outs = [(error, result if share else None)]
         if self.world_size > 1:
             outs = [None] * self.world_size
-            dist.all_gather_object(outs, (error, result if share else None))
+            dist.all_gather_object(outs, (error, result if share else None), group=group)
         for err, _ in outs:
             if err is not None:
                 raise CheckpointError(err)
@@ -541,6 +679,13 @@ def _discard(path: Path) -> None:
     gone = path.with_name(f".old-{path.name}")
     os.rename(path, gone)
     shutil.rmtree(gone, ignore_errors=True)
+
+
+def _device(value: Any) -> torch.device:
+    if isinstance(value, ShardedTensor):
+        shards = value.local_shards()
+        return shards[0].tensor.device if shards else torch.device("cpu")
+    return value.device
 
 
 def _show(value: Any) -> str:

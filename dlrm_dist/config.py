@@ -468,6 +468,13 @@ class CheckpointConfig:
         "(fresh if none) | PATH = that checkpoint, or the newest in that directory",
         aliases=("load-model",),
     )
+    async_save: bool = _f(
+        True,
+        "write checkpoints in the background: the step waits only while this rank's state "
+        "is copied to host memory (one more copy of its shards and optimizer state); at most "
+        "one save in flight; false = the step waits for the whole save",
+        flag="async-checkpoint",
+    )
 
     def check(self) -> None:
         _check_fields(self)

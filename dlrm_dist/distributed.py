@@ -25,7 +25,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from dlrm_dist import plan_report, planning
+from dlrm_dist import elastic, plan_report, planning
 from dlrm_dist.config import Config, OptimConfig
 from dlrm_dist.embeddings import sparse_collections
 from dlrm_dist.errors import ConfigError
@@ -74,11 +74,11 @@ def init_distributed(use_gpu: bool = False, backend: str = "", timeout_s: float 
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
-        # torchrun's restarted group meets in the same store as the attempt before: without
-        # a prefix per attempt, gloo reads the dead ranks' addresses and cannot connect
+        # torchrun's restarted group meets in the same store as the start before: under the
+        # prefix this start's ranks agree on (dlrm_dist.elastic), gloo never reads the
+        # addresses of ranks that are gone
         store, rank, world = next(dist.rendezvous(init_method, rank, world, timeout=timeout))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"dlrm_dist/attempt-{attempt}/", store)
+        store = dist.PrefixStore(elastic.attempt_prefix(store, rank, world, timeout_s), store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return DistEnv(rank, world, local_rank, local_world, device, backend)
 
@@ -102,11 +102,13 @@ def set_tf32(env: DistEnv, on: bool) -> None:
 
 def local_batch(global_batch: int, env: DistEnv, flag: str = "--mini-batch-size") -> int:
     """Each rank trains on an equal slice of the global batch (the reference's meaning
-    of the batch size); a size the world does not divide is an error."""
+    of the batch size, kept at every world size an elastic job restarts at); a size the
+    world does not divide is an error, raised alike on every rank (so no rank is left
+    waiting)."""
     if global_batch % env.world_size:
+        hint = elastic.batch_split_hint(env.world_size, elastic.Start.from_env())
         raise ConfigError(
-            f"{flag}={global_batch} is not divisible by the world size {env.world_size}: "
-            f"use a multiple of {env.world_size}"
+            f"{flag}={global_batch} is not divisible by the world size {env.world_size}: {hint}"
         )
     return global_batch // env.world_size
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlrm_dist import console, distributed, failures, inference, report
+from dlrm_dist import console, distributed, elastic, failures, inference, report
 from dlrm_dist.arch import Arch, derive_arch, parameter_order
-from dlrm_dist.checkpoint import CheckpointManager, TrainState
+from dlrm_dist.checkpoint import CheckpointManager, TrainState, describe_resume
 from dlrm_dist.cli import parse_args
 from dlrm_dist.config import Config
 from dlrm_dist.data.batch_check import BatchCheck
@@ -326,13 +326,28 @@ def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunRes
     distributed.set_tf32(env, cfg.train.tf32)
     metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
     with metrics, console.Reporter(cfg, env.rank, threads, metrics) as out:
+        announce(cfg, env, out)
         if cfg.metrics.run_dir:
             out.run_dir(cfg.metrics.run_dir, cfg.metrics.plots)
         r = setup(cfg, env, out)
-        if cfg.inference.inference_only:  # evaluate what was resumed: no training, no saving
-            evals = inference.run(cfg, env, r.model, r.arch, r.names, r.test_data, r.ntest)
-            return RunResult(evals=evals)
-        return Trainer(r, out, phase).train()
+        try:
+            if cfg.inference.inference_only:  # evaluate what was resumed: no training, saving
+                evals = inference.run(cfg, env, r.model, r.arch, r.names, r.test_data, r.ntest)
+                return RunResult(evals=evals)
+            return Trainer(r, out, phase).train()
+        finally:
+            r.ckpt.close()  # a save still in flight finishes before the process group goes
+
+
+def announce(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> None:
+    """Under torchrun, the first line of every start (an elastic job's restarts too): the
+    world size, the local batch, where it resumes. A global batch this world cannot split
+    is one line first, on every rank alike (no rank left waiting)."""
+    distributed.local_batch(cfg.data.mini_batch_size, env)
+    start = elastic.Start.from_env()
+    if start.under_torchrun and env.rank == 0:
+        where = describe_resume(cfg)
+        out.print(elastic.start_line(start, env.world_size, cfg.data.mini_batch_size, where))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,18 @@ and on the batch of step STEP, before the trainer's checks see it:
   badid  the first id of the first feature set to that table's row count (one past the end)
 and on the loss of step STEP:
   nanloss  the (global) loss reported as NaN (a diverged model)
+and on the background save of step STEP:
+  slowsave  its shards written, the writer sleeps for an hour before it publishes (a save
+            in flight while training goes on, for a kill to interrupt)
 
 Only on torchrun's first attempt (TORCHELASTIC_RESTART_COUNT unset or 0), so the restarted
-group trains through. With DLRM_TEST_FAULT_MARK=FILE the time the fault fired is written
-to FILE first.
+group trains through; ACTION:RANK:STEP:N: on the attempt whose restart count is N instead.
+Several faults: separated by `;`. RANK `any`: whichever rank this process is (for a fault
+given to one node's agent only). A process fault waits for a checkpoint still being
+written in the background first, so the newest checkpoint at the fault is the one last
+due. With DLRM_TEST_FAULT_MARK=FILE the time the (first) fault fired is written to FILE
+first (the second's to FILE.1, ...), and a fault fires only while its file does not exist:
+once per job, also when a restart for a node that joins leaves the restart count as it was.
 """
 
 from __future__ import annotations
@@ -33,8 +41,7 @@ BATCH_FAULTS = ("nan", "inf", "badid")
 LOSS_FAULTS = ("nanloss",)
 
 
-def _fire(action: str) -> None:
-    mark = os.environ.get("DLRM_TEST_FAULT_MARK")
+def _fire(action: str, mark: str) -> None:
     if mark:
         with open(mark, "w") as f:
             f.write(repr(time.time()))
@@ -43,7 +50,7 @@ def _fire(action: str) -> None:
     elif action == "exit":
         sys.stderr.flush()
         os._exit(1)
-    elif action == "stall":
+    elif action in ("stall", "slowsave"):
         time.sleep(3600)
 
 
@@ -55,15 +62,38 @@ def _spoil(batch: Any, action: str, rows: dict[str, int]) -> None:
         kjt.values()[0] = rows[kjt.keys()[0]]
 
 
-def arm(action: str, rank: int, step: int, setattr: Callable = setattr) -> None:
-    """Make this process fail as ACTION at `step` if it is `rank` (first attempt only).
-    `setattr`: pytest's monkeypatch.setattr, to undo it after an in-process test."""
-    if int(os.environ.get("RANK", "0")) != rank:
+def arm(
+    action: str,
+    rank: int | None,
+    step: int,
+    setattr: Callable = setattr,
+    attempt: int = 0,
+    mark: str | None = None,
+) -> None:
+    """Make this process fail as ACTION at `step` if it is `rank` (None: any), on the
+    attempt whose restart count is `attempt`, once: while `mark` (default
+    DLRM_TEST_FAULT_MARK) does not exist. `setattr`: pytest's monkeypatch.setattr, to undo
+    it after an in-process test."""
+    if rank is not None and int(os.environ.get("RANK", "0")) != rank:
         return
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+    mark = os.environ.get("DLRM_TEST_FAULT_MARK", "") if mark is None else mark
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) != attempt or (
+        mark and os.path.exists(mark)
+    ):
         return
     from dlrm_dist import checkpoint, failures
     from dlrm_dist.data import batch_check
+
+    if action == "slowsave":
+        publish = checkpoint.CheckpointManager._publish
+
+        def publish_slowly(self, state, tmp, final, files):
+            if state.step == step:
+                _fire(action, mark)
+            return publish(self, state, tmp, final, files)
+
+        setattr(checkpoint.CheckpointManager, "_publish", publish_slowly)
+        return
 
     if action in LOSS_FAULTS:
         check_loss = failures.check_loss
@@ -78,7 +108,8 @@ def arm(action: str, rank: int, step: int, setattr: Callable = setattr) -> None:
 
         def fail_then_save(self, state, last=False):
             if state.step >= step:
-                _fire(action)
+                self.wait()
+                _fire(action, mark)
             return save(self, state, last)
 
         setattr(checkpoint.CheckpointManager, "save", fail_then_save)
@@ -96,10 +127,18 @@ def arm(action: str, rank: int, step: int, setattr: Callable = setattr) -> None:
 
 
 def arm_from_env() -> None:
-    fault = os.environ.get("DLRM_TEST_FAULT", "")
-    if fault:
-        action, rank, step = fault.split(":")
-        arm(action, int(rank), int(step))
+    """DLRM_TEST_FAULT: faults separated by `;`; the i-th (from 0) marks MARK, MARK.1, ..."""
+    faults = [f for f in os.environ.get("DLRM_TEST_FAULT", "").split(";") if f]
+    mark = os.environ.get("DLRM_TEST_FAULT_MARK", "")
+    for i, fault in enumerate(faults):
+        action, rank, step, *attempt = fault.split(":")
+        arm(
+            action,
+            None if rank == "any" else int(rank),
+            int(step),
+            attempt=int(attempt[0]) if attempt else 0,
+            mark=f"{mark}.{i}" if mark and i else mark,
+        )
 
 
 if __name__ == "__main__":

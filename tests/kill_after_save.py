@@ -5,6 +5,8 @@ exception, no cleanup, no flush. Tests only.
     python -m tests.kill_after_save --before STEP FLAGS... dies with every rank's shards
                                                            of step-STEP written, before
                                                            the checkpoint is published
+                                                           (in the background writer,
+                                                           with --async-checkpoint)
 Under tests.multiprocess.launch, `train_then_die` arms every rank the same way.
 """
 
@@ -39,6 +41,7 @@ def arm(step: int, before_publish: bool = False) -> None:
     def save_then_die(self, state, last=False):
         path = save(self, state, last)
         if path is not None and state.step >= step:
+            self.wait()  # a save in the background: once it is published
             _die()
         return path
 
