@@ -2,6 +2,19 @@
 
     python benchmarks/cpu_vs_reference.py [--configs A,B,C] [--batches N] [--repeats R]
                                           [--threads T] [--smoke]
+    python benchmarks/cpu_vs_reference.py --reference-dir DLRM_CHECKOUT
+                                          [--reference-pythonpath DIR] [--sizes N1,N2] ...
+    python benchmarks/cpu_vs_reference.py --beside-busy [--configs C] [--sizes N1,N2] ...
+
+With `--reference-dir` (a checkout of facebookresearch/dlrm; nothing of it is copied here)
+both programs run as a user runs them, whole processes with the same reference flags,
+alternating, at two data sizes (`--sizes`): marginal samples/s (median, min, max), the
+ratio, each run's fixed cost (start-up and exit), the seconds to the end of the first step,
+and the share of the dense-only floor ours reaches (`reference_run.py` says how the
+unmodified reference is run on today's torch). `--beside-busy` runs ours alone and beside
+one busy process, alternating, and prints both.
+
+Without them, in this process:
 
 The baseline is `tests/oracle.py`, a plain-PyTorch re-implementation of the reference
 `dlrm_s_pytorch.py` whose data come from the reference's per-sample loop generator
@@ -32,6 +45,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -44,6 +58,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_run beside it
+
+import reference_run  # noqa: E402
 
 from dlrm_dist.arch import Arch, derive_arch  # noqa: E402
 from dlrm_dist.cli import parse_args  # noqa: E402
@@ -89,6 +106,8 @@ CONFIGS: dict[str, list[str]] = {
 }
 
 TARGETS = {"A": 20, "B": 20, "C": 10}  # the foundation issue's ratios, ours / oracle
+REFERENCE_TARGETS = {"A": 15, "B": 5, "C": 6}  # ours / the real reference, whole process
+FLOOR_TARGET = 0.65  # C: the share of the dense-only step's throughput to reach
 
 
 @dataclass
@@ -423,6 +442,169 @@ def report(
         )
 
 
+# --- whole processes against the real reference (--reference-dir) -----------------------
+
+
+@dataclass
+class ProcessResult:
+    """One config, whole processes, both sides; rates are marginal samples/s per repeat."""
+
+    ours: Stats
+    reference: Stats
+    ours_fixed: list[float]  # seconds a run costs beyond its samples (start-up, exit)
+    reference_fixed: list[float]
+    ours_first: list[float]  # seconds from process start to the end of step 1
+    reference_first: list[float]
+    dense_only_ms: float  # the floor: a plain-PyTorch step without embeddings or data
+
+
+def process_flags(name: str, batches: int, print_freq: int) -> list[str]:
+    """The reference flags of a config, as both programs take them."""
+    return CONFIGS[name] + COMMON + [f"--num-batches={batches}", f"--print-freq={print_freq}"]
+
+
+def bench_processes(
+    name: str, sizes: tuple[int, int], repeats: int, python: str, ref: tuple[Path, dict]
+) -> ProcessResult:
+    """Each repeat: the two sizes and a short run timed to its first step, the reference
+    and ours alternating (so a change of the machine's load hits both)."""
+    reference_dir, ref_env = ref
+    argv = {
+        "ours": lambda flags: (reference_run.ours_argv(python, flags), None),
+        "reference": lambda flags: (
+            reference_run.reference_argv(python, reference_dir, flags),
+            ref_env,
+        ),
+    }
+    batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
+    rates: dict[str, list[float]] = {"ours": [], "reference": []}
+    fixed: dict[str, list[float]] = {"ours": [], "reference": []}
+    first: dict[str, list[float]] = {"ours": [], "reference": []}
+    for _ in range(repeats):
+        for side, make in argv.items():
+            walls = [
+                reference_run.time_process(*make(process_flags(name, n, n))).wall for n in sizes
+            ]
+            rate = reference_run.marginal_rate((sizes[0] * batch, sizes[1] * batch), walls)
+            rates[side].append(rate)
+            fixed[side].append(reference_run.fixed_cost(sizes[0] * batch, walls[0], rate))
+            first[side].append(
+                reference_run.time_process(*make(process_flags(name, 3, 1))).first_step
+            )
+        print(
+            f"  {name}: ours {rates['ours'][-1]:,.0f}, reference {rates['reference'][-1]:,.0f} "
+            "samples/s (marginal)",
+            flush=True,
+        )
+    floor = dense_only_step_ms(config_for(name, 1, torch.get_num_threads()), 50)
+    return ProcessResult(
+        Stats(rates["ours"]),
+        Stats(rates["reference"]),
+        fixed["ours"],
+        fixed["reference"],
+        first["ours"],
+        first["reference"],
+        floor,
+    )
+
+
+def seconds_cell(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def report_processes(
+    results: dict[str, ProcessResult], sizes: tuple[int, int], repeats: int, threads: int
+) -> None:
+    print()
+    print(
+        f"### CPU: dlrm_dist vs the reference dlrm_s_pytorch.py, whole processes "
+        f"({sizes[0]} and {sizes[1]} batches, {repeats} repeats)"
+    )
+    print()
+    print(*machine_lines(threads), sep="\n")
+    print()
+    print(
+        "Marginal samples/s (the extra samples of the larger run over its extra seconds: "
+        "start-up and exit left out), median (min-max); fixed = the seconds a run costs "
+        "beyond its samples; first step = process start to the end of step 1."
+    )
+    print()
+    print(
+        "| config | batch | ours | reference | ours / reference | target | ours: fixed s "
+        "| reference: fixed s | ours: first step s | reference: first step s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
+        print(
+            f"| {name} | {batch} | {r.ours.cell()} | {r.reference.cell()} | "
+            f"{ratio(r.ours, r.reference)} | {REFERENCE_TARGETS[name]}x | "
+            f"{seconds_cell(r.ours_fixed)} | {seconds_cell(r.reference_fixed)} | "
+            f"{seconds_cell(r.ours_first)} | {seconds_cell(r.reference_first)} |"
+        )
+    print()
+    print(
+        "The floor: a plain-PyTorch step of the same MLPs and interaction, constant "
+        "embeddings, no data (in this process); the share = its ms / ours per batch."
+    )
+    print()
+    print("| config | dense-only step ms | ours ms per batch | share of the floor | target |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
+        ours_ms = 1000.0 * batch / r.ours.median
+        target = f"{FLOOR_TARGET:.0%}" if name == "C" else ""
+        print(
+            f"| {name} | {r.dense_only_ms:.2f} | {ours_ms:.2f} | "
+            f"{r.dense_only_ms / ours_ms:.0%} | {target} |"
+        )
+
+
+def busy_loop() -> subprocess.Popen:
+    """Another busy process on the cores: one Python loop spinning."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def bench_beside_busy(
+    names: Sequence[str], sizes: tuple[int, int], repeats: int, python: str, extra: list[str]
+):
+    """Ours, whole processes (`extra` flags added), alone and beside a busy process
+    (started first), alternating: marginal samples/s of each, {name: (alone, busy)}."""
+    out: dict[str, tuple[Stats, Stats]] = {}
+    for name in names:
+        batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
+        alone, busy = [], []
+        for _ in range(repeats):
+            for rates, beside in ((alone, False), (busy, True)):
+                other = busy_loop() if beside else None
+                try:
+                    walls = [
+                        reference_run.time_process(
+                            reference_run.ours_argv(python, process_flags(name, n, n) + extra)
+                        ).wall
+                        for n in sizes
+                    ]
+                finally:
+                    if other is not None:
+                        other.kill()
+                        other.wait()
+                rates.append(
+                    reference_run.marginal_rate((sizes[0] * batch, sizes[1] * batch), walls)
+                )
+            print(f"  {name}: alone {alone[-1]:,.0f}, beside a busy process {busy[-1]:,.0f}")
+        out[name] = (Stats(alone), Stats(busy))
+    print()
+    print("### CPU: ours alone and beside one busy process (whole processes, marginal samples/s)")
+    print()
+    print(*machine_lines(torch.get_num_threads()), sep="\n")
+    print()
+    print("| config | alone | beside a busy process | alone / beside | target |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (a, b) in out.items():
+        print(f"| {name} | {a.cell()} | {b.cell()} | {a.median / b.median:.2f}x | 2.5x at most |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="A,B,C", help="comma-separated, of A,B,C")
@@ -430,6 +612,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
     parser.add_argument("--smoke", action="store_true", help="tiny run: 2 batches, 1 repeat")
+    parser.add_argument(
+        "--reference-dir",
+        type=Path,
+        help="a checkout of facebookresearch/dlrm: time whole processes of its unmodified "
+        "dlrm_s_pytorch.py against ours, same flags (instead of the in-process oracle)",
+    )
+    parser.add_argument(
+        "--reference-pythonpath",
+        default="",
+        help="a folder on the reference's PYTHONPATH (one holding scikit-learn, which it imports)",
+    )
+    parser.add_argument("--sizes", default="100,400", help="whole processes: the two runs' batches")
+    parser.add_argument(
+        "--beside-busy",
+        action="store_true",
+        help="whole processes: ours alone and beside one busy process, alternating",
+    )
+    parser.add_argument(
+        "--ours-flags", default="", help="--beside-busy: flags added to ours (e.g. --threads=2)"
+    )
     args = parser.parse_args(argv)
     names = [n.strip().upper() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
@@ -438,6 +640,26 @@ def main(argv: list[str] | None = None) -> int:
     batches, repeats = (2, 1) if args.smoke else (args.batches, args.repeats)
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)  # run() sets the same; the oracle shares it
+    sizes = (2, 4) if args.smoke else tuple(int(x) for x in args.sizes.split(","))
+    if len(sizes) != 2 or not 0 < sizes[0] < sizes[1]:
+        parser.error(f"--sizes takes two batch counts, the first smaller: got {args.sizes}")
+    if args.beside_busy:
+        bench_beside_busy(names, sizes, repeats, sys.executable, args.ours_flags.split())
+        return 0
+    if args.reference_dir is not None:
+        try:
+            env = reference_run.reference_env(
+                sys.executable, args.reference_dir, args.reference_pythonpath
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        ref = (args.reference_dir, env)
+        results = {}
+        for n in names:
+            print(f"config {n}: whole processes, sizes {sizes} x {repeats} ...", flush=True)
+            results[n] = bench_processes(n, sizes, repeats, sys.executable, ref)
+        report_processes(results, sizes, repeats, threads)
+        return 0
 
     cfgs = {n: config_for(n, batches, threads) for n in names}
     train: dict[str, TrainResult] = {}

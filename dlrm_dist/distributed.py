@@ -25,7 +25,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from dlrm_dist import elastic, plan_report, planning
+from dlrm_dist import compat, elastic, plan_report, planning, threads
 from dlrm_dist.config import Config, OptimConfig
 from dlrm_dist.embeddings import sparse_collections
 from dlrm_dist.errors import ConfigError
@@ -83,13 +83,15 @@ def init_distributed(use_gpu: bool = False, backend: str = "", timeout_s: float 
     return DistEnv(rank, world, local_rank, local_world, device, backend)
 
 
-def set_threads(env: DistEnv, threads: int = 0) -> int:
-    """Threads per rank = cores / local ranks: torch's OpenMP threads spin-wait, and
-    oversubscribed cores made the same step 10-50x slower."""
-    if threads <= 0:
-        threads = max(1, len(os.sched_getaffinity(0)) // env.local_world_size)
-    torch.set_num_threads(threads)
-    return threads
+def set_threads(env: DistEnv, requested: int = 0) -> threads.Choice:
+    """Threads per rank, chosen once at start-up (dlrm_dist.threads: cores / local ranks,
+    less cores other processes keep busy; `requested` > 0 overrides). The ranks meet
+    first, so that each samples the machine's load while the others wait too."""
+    if requested <= 0 and env.world_size > 1:
+        dist.barrier()
+    choice = threads.choose(requested, env.local_world_size)
+    torch.set_num_threads(choice.threads)
+    return choice
 
 
 def set_tf32(env: DistEnv, on: bool) -> None:
@@ -233,6 +235,8 @@ def shard(model: torch.nn.Module, plan: ShardingPlan, env: DistEnv, cfg: OptimCo
         apply_optimizer_in_backward(
             cls, collection.parameters(), {"lr": cfg.learning_rate, **kwargs}
         )
+        if env.world_size == 1:  # as _SingleRank: replicated tables need no DDP either
+            compat.skip_data_parallel_grad_sync(collection)
     return DistributedModelParallel(
         module=model,
         device=env.device,

@@ -45,8 +45,11 @@ class Interaction(nn.Module):
         off = 1 if itself else 0
         li = [i for i in range(num_fea) for _ in range(i + off)]
         lj = [j for i in range(num_fea) for j in range(i + off)]
-        self.register_buffer("li", torch.tensor(li, dtype=torch.long), persistent=False)
-        self.register_buffer("lj", torch.tensor(lj, dtype=torch.long), persistent=False)
+        # the pairs (i, j) as flat positions of the (F+1)^2 products: one index_select (its
+        # backward an index_add) instead of z[:, li, lj] (index_put): the same values, 25 %
+        # less time on config C's interaction (BENCHMARKS.md)
+        flat = [i * num_fea + j for i, j in zip(li, lj)]
+        self.register_buffer("flat", torch.tensor(flat, dtype=torch.long), persistent=False)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """dense (B, D), sparse (B, F, D) -> (B, num_int)."""
@@ -56,7 +59,7 @@ class Interaction(nn.Module):
             return torch.cat([dense, sparse.flatten(1)], dim=1)
         t = torch.cat([dense.unsqueeze(1), sparse], dim=1)
         z = torch.bmm(t, t.transpose(1, 2))
-        return torch.cat([dense, z[:, self.li, self.lj]], dim=1)
+        return torch.cat([dense, z.flatten(1).index_select(1, self.flat)], dim=1)
 
 
 class DLRM(nn.Module):

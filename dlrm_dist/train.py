@@ -30,6 +30,7 @@ from dlrm_dist.initial_weights import reference_init
 from dlrm_dist.lr_policy import LRPolicy
 from dlrm_dist.metrics import MetricsWriter, Profiler, numbered_run_dir
 from dlrm_dist.model import DLRMTrain
+from dlrm_dist.threads import Choice
 
 
 @dataclass
@@ -325,8 +326,8 @@ def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunRes
     cfg = run_dir(cfg, env)
     distributed.set_tf32(env, cfg.train.tf32)
     metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
-    with metrics, console.Reporter(cfg, env.rank, threads, metrics) as out:
-        announce(cfg, env, out)
+    with metrics, console.Reporter(cfg, env.rank, threads.threads, metrics) as out:
+        announce(cfg, env, out, threads)
         if cfg.metrics.run_dir:
             out.run_dir(cfg.metrics.run_dir, cfg.metrics.plots)
         r = setup(cfg, env, out)
@@ -339,15 +340,19 @@ def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunRes
             r.ckpt.close()  # a save still in flight finishes before the process group goes
 
 
-def announce(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> None:
-    """Under torchrun, the first line of every start (an elastic job's restarts too): the
-    world size, the local batch, where it resumes. A global batch this world cannot split
-    is one line first, on every rank alike (no rank left waiting)."""
+def announce(cfg: Config, env: distributed.DistEnv, out: console.Reporter, threads: Choice) -> None:
+    """The first line: the threads chosen for this machine and why; under torchrun, first
+    the start (an elastic job's restarts too): the world size, the local batch, where it
+    resumes. A global batch this world cannot split is one line first, on every rank
+    alike (no rank left waiting)."""
     distributed.local_batch(cfg.data.mini_batch_size, env)
     start = elastic.Start.from_env()
-    if start.under_torchrun and env.rank == 0:
-        where = describe_resume(cfg)
-        out.print(elastic.start_line(start, env.world_size, cfg.data.mini_batch_size, where))
+    if start.under_torchrun:
+        where = describe_resume(cfg) if env.rank == 0 else ""
+        line = elastic.start_line(start, env.world_size, cfg.data.mini_batch_size, where)
+        out.print(f"{line}; {threads.summary()}")
+    else:
+        out.print(threads.line())
 
 
 def main(argv: list[str] | None = None) -> int:

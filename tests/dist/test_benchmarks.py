@@ -38,6 +38,84 @@ def test_cpu_benchmark_smoke_reports_identical_data_and_the_time_breakdown():
     assert "batch 0 identical" in out and "| yes |" in out
 
 
+STAND_IN = """
+import sys, time
+import torch
+import sklearn.metrics  # the reference imports it; the harness checks it can
+n = int(next(a for a in sys.argv if a.startswith("--num-batches=")).split("=")[1])
+time.sleep(0.5)  # a fixed cost: start-up
+with torch.autograd.profiler.profile(False, use_cuda=False, record_shapes=True):
+    for i in range(n):
+        time.sleep(0.005)  # 100 samples (config B's batch) per 5 ms: 20,000 samples/s
+        if i == 0:
+            print(f"Finished training it 1/{n} of epoch 0, stand-in", flush=True)
+"""
+
+
+def test_cpu_benchmark_times_whole_processes_against_a_reference_checkout(tmp_path):
+    """A stand-in checkout (it calls the profiler the reference's way, use_cuda, which
+    today's torch refuses unless the launcher bridges it): the marginal rate and fixed
+    cost come out of the two sizes as the stand-in spends them."""
+    ref, site = tmp_path / "dlrm", tmp_path / "site"
+    ref.mkdir()
+    (ref / "dlrm_s_pytorch.py").write_text(STAND_IN)
+    (site / "sklearn").mkdir(parents=True)
+    (site / "sklearn" / "__init__.py").write_text("")
+    (site / "sklearn" / "metrics.py").write_text("")
+    args = ["--configs", "B", "--repeats", "1", "--sizes", "5,205"]  # ours: 0.5 s apart
+    proc = _benchmark(
+        "cpu_vs_reference.py",
+        "--reference-dir",
+        str(ref),
+        "--reference-pythonpath",
+        str(site),
+        *args,
+    )
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| B | 100 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    rate = float(cells[3].split()[0].replace(",", ""))
+    assert 14_000 < rate < 26_000  # 20,000 samples in 200 x 5 ms, give or take a start's noise
+    fixed = float(cells[7].split()[0])
+    assert 0.5 < fixed < 5.0  # the stand-in's 0.5 s and the interpreter's start
+    first = float(cells[9].split()[0])
+    assert 0.5 < first < 5.0
+    ours = float(cells[2].split()[0].replace(",", ""))
+    assert ours > 0 and cells[4].endswith("x")
+    floor = next(
+        line for line in proc.stdout.splitlines() if line.startswith("| B | ") and "%" in line
+    )
+    assert float(floor.split("|")[2]) > 0
+
+
+def test_cpu_benchmark_says_what_to_do_when_the_reference_is_missing(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/cpu_vs_reference.py", "--reference-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "dlrm_s_pytorch.py does not exist: --reference-dir must be a checkout" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cpu_benchmark_beside_busy_smoke_prints_both_rates():
+    proc = _benchmark("cpu_vs_reference.py", "--beside-busy", "--smoke", "--configs", "B")
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| B |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 5 and cells[3].endswith("x") and cells[4] == "2.5x at most"
+
+
+def test_the_reference_launcher_leaves_our_spin_count_out_of_the_references_runs():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reference_run
+
+    from dlrm_dist import threads
+
+    assert reference_run.OUR_SPINCOUNT == threads.SPINCOUNT
+
+
 def test_ranks_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
     proc = _benchmark("ranks_cpu.py", "--smoke", "--configs", "C")
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| C |"))

@@ -215,11 +215,13 @@ def test_a_lost_node_the_survivor_restarts_smaller_and_trains_as_if_never_stoppe
     assert "dlrm_dist: start" in first or "world size 2" in first  # rank 0 may be the other
     restart = "dlrm_dist: restart 1" + after.splitlines()[0]
     ckpt = lost["dir"] / "ckpt"
-    assert restart == (
+    start, threads = restart.split("); ", 1)  # the start, then the threads it chose
+    assert start + ")" == (
         "dlrm_dist: restart 1 (of at most 3 on this node): world size 1 on 1 "
         f"node(s), local batch 16 of the global 16; resuming from {ckpt / 'step-4'} (step 4, "
         "saved by 2 rank(s))"
     ), log[-4000:]
+    assert threads.endswith(")") and " thread(s) per rank (" in threads, restart
     resumed = _losses(after)
     assert sorted(resumed) == list(range(5, 13))
     np.testing.assert_allclose(

@@ -150,7 +150,8 @@ sparse feature size
 def test_debug_mode_prints_the_seed_document(capsys):
     argv = ["--numpy-rand-seed=1", "--mini-batch-size=2", "--data-size=6", "--debug-mode"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    ours, _, out = capsys.readouterr().out.partition("\n")  # our one line, then the reference's
+    assert ours.startswith("dlrm_dist: ") and " thread(s) per rank (" in ours
     assert out.startswith(SEED_ARCH + SEED_DEBUG_DATA + "initial parameters (weights and bias):")
     assert "updated parameters (weights and bias):" in out
     assert out.count("Finished training it") == 3  # print-freq 1: per-iteration losses
