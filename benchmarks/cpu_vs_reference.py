@@ -8,7 +8,7 @@
 
 With `--reference-dir` (a checkout of facebookresearch/dlrm; nothing of it is copied here)
 both programs run as a user runs them, whole processes with the same reference flags,
-alternating, at two data sizes (`--sizes`): marginal samples/s (median, min, max), the
+alternating (after one warm-up run each), at two data sizes (`--sizes`): marginal samples/s (median, min, max), the
 ratio, each run's fixed cost (start-up and exit), the seconds to the end of the first step,
 and the share of the dense-only floor ours reaches (`reference_run.py` says how the
 unmodified reference is run on today's torch). `--beside-busy` runs ours alone and beside
@@ -480,6 +480,8 @@ def bench_processes(
     rates: dict[str, list[float]] = {"ours": [], "reference": []}
     fixed: dict[str, list[float]] = {"ours": [], "reference": []}
     first: dict[str, list[float]] = {"ours": [], "reference": []}
+    for make in argv.values():  # warm-up: the first run of a checkout compiles its .pyc files
+        reference_run.time_process(*make(process_flags(name, 1, 1)))
     for _ in range(repeats):
         for side, make in argv.items():
             walls = [
@@ -574,6 +576,7 @@ def bench_beside_busy(
     for name in names:
         batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
         alone, busy = [], []
+        reference_run.time_process(reference_run.ours_argv(python, process_flags(name, 1, 1)))
         for _ in range(repeats):
             for rates, beside in ((alone, False), (busy, True)):
                 other = busy_loop() if beside else None
