@@ -8,11 +8,11 @@
 
 With `--reference-dir` (a checkout of facebookresearch/dlrm; nothing of it is copied here)
 both programs run as a user runs them, whole processes with the same reference flags,
-alternating (after one warm-up run each), at two data sizes (`--sizes`): marginal samples/s (median, min, max), the
-ratio, each run's fixed cost (start-up and exit), the seconds to the end of the first step,
-and the share of the dense-only floor ours reaches (`reference_run.py` says how the
-unmodified reference is run on today's torch). `--beside-busy` runs ours alone and beside
-one busy process, alternating, and prints both.
+alternating (after one warm-up run each), at two data sizes (`--sizes`): marginal
+samples/s (median, min, max), the ratio, each run's fixed cost (start-up and exit), the
+seconds to the end of the first step, and the share of the dense-only floor ours reaches
+(`reference_run.py` says how the unmodified reference is run on today's torch).
+`--beside-busy` runs ours alone and beside one busy process, alternating, and prints both.
 
 Without them, in this process:
 
