@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def test_cpu_benchmark_times_whole_processes_against_a_reference_checkout(tmp_pa
     first = float(cells[9].split()[0])
     assert 0.5 < first < 5.0
     ours = float(cells[2].split()[0].replace(",", ""))
-    assert ours > 0 and cells[4].endswith("x")
+    # ours: a number (at 2 x 20,000 samples its marginal rate is noise: only the stand-in's
+    # known costs are asserted)
+    assert math.isfinite(ours) and cells[4].endswith("x")
     floor = next(
         line for line in proc.stdout.splitlines() if line.startswith("| B | ") and "%" in line
     )
