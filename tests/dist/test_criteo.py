@@ -98,6 +98,20 @@ def _first_seen(values: list[int]) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def _interrupt_at_day(monkeypatch, stop: int):
+    """Make preprocessing stop (KeyboardInterrupt) when it reaches day `stop`; returns the
+    real day parser, to put back."""
+    real = Preprocessor._parse_day
+
+    def interrupted(self, day, pieces, path):
+        if day == stop:
+            raise KeyboardInterrupt
+        return real(self, day, pieces, path)
+
+    monkeypatch.setattr(Preprocessor, "_parse_day", interrupted)
+    return real
+
+
 def test_dense_labels_and_vocabulary_by_hand(tmp_path):
     raw = _write(tmp_path / "train.txt", HAND * 3)  # 9 lines over 7 days
     meta = _preprocess(raw, tmp_path / "p")
@@ -232,14 +246,7 @@ def test_a_rerun_skips_the_days_already_done(tmp_path, monkeypatch, encoding):
     settings = dict(cat_encoding=encoding, max_ind_range=1000 if encoding == "hash" else -1)
     clean = _preprocess(raw, tmp_path / "clean", "terabyte", **settings)
 
-    real = Preprocessor._parse_day
-
-    def interrupted(self, day, pieces, path):
-        if day == 3:
-            raise KeyboardInterrupt
-        return real(self, day, pieces, path)
-
-    monkeypatch.setattr(Preprocessor, "_parse_day", interrupted)
+    real = _interrupt_at_day(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         _preprocess(raw, tmp_path / "p", "terabyte", **settings)
     monkeypatch.setattr(Preprocessor, "_parse_day", real)
@@ -777,14 +784,7 @@ def test_data_with_the_old_sorted_ids_is_rebuilt_or_refused(tmp_path, caplog, ca
 def test_an_interrupted_run_of_the_old_order_starts_over(tmp_path, monkeypatch, caplog):
     raw, _ = _reference_raw(tmp_path / "raw", "terabyte")
     clean = _preprocess(raw, tmp_path / "clean", "terabyte")
-    real = Preprocessor._parse_day
-
-    def interrupted(self, day, pieces, path):
-        if day == 3:
-            raise KeyboardInterrupt
-        return real(self, day, pieces, path)
-
-    monkeypatch.setattr(Preprocessor, "_parse_day", interrupted)
+    real = _interrupt_at_day(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         Preprocessor(Settings("terabyte"), str(raw), tmp_path / "p", id_order="sorted").run()
     monkeypatch.setattr(Preprocessor, "_parse_day", real)
