@@ -608,6 +608,42 @@ def bench_beside_busy(
     return out
 
 
+def bench_against_flags(
+    names: Sequence[str], sizes: tuple[int, int], repeats: int, python: str, flags: list[str]
+):
+    """Ours as it is against ours with `flags` (a switch's before), whole processes,
+    alternating: marginal samples/s of each, {name: (ours, with flags)}."""
+    out: dict[str, tuple[Stats, Stats]] = {}
+    for name in names:
+        batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
+        default, switched = [], []
+        reference_run.time_process(reference_run.ours_argv(python, process_flags(name, 1, 1)))
+        for _ in range(repeats):
+            for rates, extra in ((default, []), (switched, flags)):
+                walls = [
+                    reference_run.time_process(
+                        reference_run.ours_argv(python, process_flags(name, n, n) + extra)
+                    ).wall
+                    for n in sizes
+                ]
+                rates.append(
+                    reference_run.marginal_rate((sizes[0] * batch, sizes[1] * batch), walls)
+                )
+            print(f"  {name}: ours {default[-1]:,.0f}, with {' '.join(flags)} {switched[-1]:,.0f}")
+        out[name] = (Stats(default), Stats(switched))
+    print()
+    shown = " ".join(flags)
+    print(f"### CPU: ours against ours with {shown} (whole processes, marginal samples/s)")
+    print()
+    print(*machine_lines(torch.get_num_threads()), sep="\n")
+    print()
+    print(f"| config | ours | with {' '.join(flags)} | ratio |")
+    print("|---|---:|---:|---:|")
+    for name, (a, b) in out.items():
+        print(f"| {name} | {a.cell()} | {b.cell()} | {a.median / b.median:.2f}x |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="A,B,C", help="comma-separated, of A,B,C")
@@ -635,6 +671,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ours-flags", default="", help="--beside-busy: flags added to ours (e.g. --threads=2)"
     )
+    parser.add_argument(
+        "--against-flags",
+        default="",
+        help="whole processes: ours against ours with these flags (a switch's before, e.g. "
+        "--draw-ahead=false), alternating",
+    )
     args = parser.parse_args(argv)
     names = [n.strip().upper() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
@@ -646,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (2, 4) if args.smoke else tuple(int(x) for x in args.sizes.split(","))
     if len(sizes) != 2 or not 0 < sizes[0] < sizes[1]:
         parser.error(f"--sizes takes two batch counts, the first smaller: got {args.sizes}")
+    if args.against_flags:
+        bench_against_flags(names, sizes, repeats, sys.executable, args.against_flags.split())
+        return 0
     if args.beside_busy:
         bench_beside_busy(names, sizes, repeats, sys.executable, args.ours_flags.split())
         return 0

@@ -424,6 +424,11 @@ class TrainConfig:
         "overlap the next batch's input all-to-all with this step (TrainPipelineSparseDist); "
         "not with --data-generation=random or --debug-mode, whose batches share one stream",
     )
+    draw_ahead: bool = _f(
+        True,
+        "--data-generation=random: draw the next batch in a worker process while this one "
+        "trains, when the rank has a core to spare for it (the same numbers)",
+    )
     mlperf_acc_threshold: float = _f(0.0, "stop when test accuracy (percent) exceeds it; 0 = never")
     mlperf_auc_threshold: float = _f(0.0, "stop when test AUC exceeds it; 0 = never")
     use_gpu: bool = _f(False, "train on CUDA (each rank on its LOCAL_RANK device)")

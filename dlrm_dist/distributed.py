@@ -83,13 +83,14 @@ def init_distributed(use_gpu: bool = False, backend: str = "", timeout_s: float 
     return DistEnv(rank, world, local_rank, local_world, device, backend)
 
 
-def set_threads(env: DistEnv, requested: int = 0) -> threads.Choice:
+def set_threads(env: DistEnv, requested: int = 0, helper: bool = False) -> threads.Choice:
     """Threads per rank, chosen once at start-up (dlrm_dist.threads: cores / local ranks,
-    less cores other processes keep busy; `requested` > 0 overrides). The ranks meet
-    first, so that each samples the machine's load while the others wait too."""
+    less cores other processes keep busy; `requested` > 0 overrides; `helper`: a core
+    for the data worker if there is one to spare). The ranks meet first, so that each
+    samples the machine's load while the others wait too."""
     if requested <= 0 and env.world_size > 1:
         dist.barrier()
-    choice = threads.choose(requested, env.local_world_size)
+    choice = threads.choose(requested, env.local_world_size, helper=helper)
     torch.set_num_threads(choice.threads)
     return choice
 

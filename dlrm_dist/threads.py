@@ -11,6 +11,8 @@ thread holds the core the descheduled one needs, and config C's step went 9x slo
   (sampled from /proc/stat while this job's ranks wait, so they do not count each other):
   with one busy process on 2 cores a rank takes 1 thread, which never waits for a
   descheduled partner (C: 15.1k alone, 15.0k beside it). `--threads N` overrides.
+  With the reference's random data a rank of 2 or more cores gives one of them to the
+  worker that draws the next batch (`dlrm_dist.data.draw_ahead`), torch the rest.
 - **spin count** (`GOMP_SPINCOUNT`, read by libgomp when torch loads, so set from
   `dlrm_dist/__init__.py` before anything imports torch): 30,000, a tenth of the default:
   as fast alone (C within 3 %), and bounds the loss when load arrives after start-up. An
@@ -79,24 +81,34 @@ def busy_cores(cpus: set[int], seconds: float = SAMPLE_S) -> float:
 
 @dataclass(frozen=True)
 class Choice:
-    """Threads per rank and why (the start-up line says it)."""
+    """Threads per rank and why (the start-up line says it); `helper`: whether each rank
+    also runs a helper process on a core of its own (the draw-ahead data worker)."""
 
     threads: int
     reason: str
+    helper: bool = False
 
     def summary(self) -> str:
-        return f"{self.threads} thread(s) per rank ({self.reason}; {configure_openmp()})"
+        worker = " and a data worker" if self.helper else ""
+        return f"{self.threads} thread(s){worker} per rank ({self.reason}; {configure_openmp()})"
 
     def line(self) -> str:
         return f"dlrm_dist: {self.summary()}"
 
 
-def choose(requested: int, local_ranks: int, busy: float | None = None) -> Choice:
+def choose(
+    requested: int, local_ranks: int, busy: float | None = None, helper: bool = False
+) -> Choice:
     """Threads per rank: `requested` when > 0 (--threads), else this machine's cores /
-    local ranks, less the cores found busy (measured now, or `busy` given), at least 1."""
-    if requested > 0:
-        return Choice(requested, "--threads")
+    local ranks, less the cores found busy (measured now, or `busy` given), at least 1.
+    `helper`: the rank would run a helper process (the draw-ahead data worker) if it had
+    a core to spare: it gets one of the rank's cores when they are 2 or more (then torch
+    takes one thread less), or, with --threads, when the rank's share of the cores
+    exceeds them."""
     cpus = os.sched_getaffinity(0)
+    if requested > 0:
+        spare = len(cpus) // max(1, local_ranks) - requested
+        return Choice(requested, "--threads", helper and spare >= 1)
     if busy is None:
         busy = busy_cores(cpus)
     taken = int(busy + 0.5)  # a core counts as taken when other processes keep it half busy
@@ -105,4 +117,5 @@ def choose(requested: int, local_ranks: int, busy: float | None = None) -> Choic
     reason = f"{len(cpus)} core(s), {local_ranks} local rank(s)"
     if taken:
         reason += f", {busy:.1f} core(s) busy elsewhere at start-up"
-    return Choice(threads, reason)
+    helps = helper and threads >= 2
+    return Choice(threads - 1 if helps else threads, reason, helps)

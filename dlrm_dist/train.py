@@ -125,6 +125,13 @@ class Run:
     state: TrainState
     names: list[str]  # parameter names in the reference's order
 
+    def close(self) -> None:
+        """A save still in flight finishes; the data worker (if any) ends."""
+        try:
+            self.ckpt.close()
+        finally:
+            getattr(self.train_data, "close", lambda: None)()
+
     @property
     def eval_batches(self) -> int:
         """Batches an evaluation reads: as many as training has (the reference's), all of
@@ -158,16 +165,22 @@ def agreed_data(cfg: Config, arch: Arch, rs: np.random.RandomState, env, out: co
     return train_data, test_data, nbatches, ntest
 
 
-def setup(cfg: Config, env: distributed.DistEnv, out: console.Reporter) -> Run:
+def setup(
+    cfg: Config, env: distributed.DistEnv, out: console.Reporter, draw_ahead: bool = False
+) -> Run:
     """Data, then the model with the reference's initial weights, planned and sharded,
     its optimizer, and the checkpoint to resume from (if any), in the reference's order
-    of draws from its numpy stream."""
+    of draws from its numpy stream. `draw_ahead`: the training batches of the reference's
+    random data are drawn by a worker process, one ahead (started here, so that it comes
+    up while the model is built; `Run.close` ends it)."""
     cfg = dataset_tables(cfg, env.rank)
     arch = derive_arch(cfg.model, cfg.data.dense_features)
     rs = np.random.RandomState(cfg.train.numpy_rand_seed)  # the reference's np.random
     torch.manual_seed(cfg.train.numpy_rand_seed)
     distributed.local_batch(cfg.data.mini_batch_size, env)
     train_data, test_data, nbatches, ntest = agreed_data(cfg, arch, rs, env, out)
+    if draw_ahead and hasattr(train_data, "draw_ahead"):
+        train_data.draw_ahead()
     if cfg.train.debug_mode:
         out.arch(arch)
         out.data(train_data)  # draws the batches before the model, as the reference
@@ -321,8 +334,22 @@ def run_dir(cfg: Config, env: distributed.DistEnv) -> Config:
     return dataclasses.replace(cfg, metrics=dataclasses.replace(m, run_dir=path))
 
 
+def wants_draw_ahead(cfg: Config) -> bool:
+    """Whether training would draw its batches in a worker (dlrm_dist.data.draw_ahead):
+    the reference's random data, not --debug-mode (which prints the draws), not
+    --inference-only, and not --draw-ahead=false. It does when the rank has a core to
+    spare (dlrm_dist.threads)."""
+    t = cfg.train
+    return (
+        t.draw_ahead
+        and cfg.data.generation == "random"
+        and not t.debug_mode
+        and not cfg.inference.inference_only
+    )
+
+
 def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunResult:
-    threads = distributed.set_threads(env, cfg.train.threads)
+    threads = distributed.set_threads(env, cfg.train.threads, helper=wants_draw_ahead(cfg))
     cfg = run_dir(cfg, env)
     distributed.set_tf32(env, cfg.train.tf32)
     metrics = MetricsWriter(cfg.metrics.run_dir, env.rank, dataclasses.asdict(cfg))
@@ -330,14 +357,14 @@ def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunRes
         announce(cfg, env, out, threads)
         if cfg.metrics.run_dir:
             out.run_dir(cfg.metrics.run_dir, cfg.metrics.plots)
-        r = setup(cfg, env, out)
+        r = setup(cfg, env, out, draw_ahead=threads.helper)
         try:
             if cfg.inference.inference_only:  # evaluate what was resumed: no training, saving
                 evals = inference.run(cfg, env, r.model, r.arch, r.names, r.test_data, r.ntest)
                 return RunResult(evals=evals)
             return Trainer(r, out, phase).train()
         finally:
-            r.ckpt.close()  # a save still in flight finishes before the process group goes
+            r.close()  # a save still in flight finishes before the process group goes
 
 
 def announce(cfg: Config, env: distributed.DistEnv, out: console.Reporter, threads: Choice) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+if TYPE_CHECKING:
+    from torchrec.datasets.utils import Batch
 
 
 @dataclass
@@ -54,7 +55,13 @@ class RawBatch:
 
 
 def to_batch(raw: RawBatch, keys: list[str]) -> Batch:
-    """RawBatch -> TorchRec Batch: dense (n, m_den), KJT with one key per table, labels (n,)."""
+    """RawBatch -> TorchRec Batch: dense (n, m_den), KJT with one key per table, labels (n,).
+    torch is imported here, not with the module: the draw worker (dlrm_dist.data.draw_ahead)
+    uses RawBatch without it."""
+    import torch
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=keys,
         values=torch.from_numpy(raw.values),

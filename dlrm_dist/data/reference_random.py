@@ -17,12 +17,15 @@ mode keeps a scalar loop over bags, and the dedup is vectorized in both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torchrec.datasets.utils import Batch
 
 from dlrm_dist.arch import feature_names
 from dlrm_dist.data.batch_source import BatchSource, RawBatch, epoch_size, to_batch
+
+if TYPE_CHECKING:
+    from torchrec.datasets.utils import Batch
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,10 @@ class ReferenceRandomData(BatchSource):
     and iterates over its own contiguous slice. So batches come right only in order:
     `iter_from(start)` continues mid-epoch, but past batch 0 nothing reseeds, and rs must
     already hold the state the reference's stream had there (the checkpoint restores it).
+
+    `draw_ahead()` starts a worker process that draws each next batch while this one
+    trains (dlrm_dist.data.draw_ahead): the same batches and stream states; `close()`
+    ends it.
     """
 
     def __init__(
@@ -194,6 +201,22 @@ class ReferenceRandomData(BatchSource):
         epoch = epoch_size(num_batches, data_size, mini_batch_size)
         super().__init__(keys, mini_batch_size, *epoch, rank, world_size)
         self.spec, self.rs, self.seed = spec, rs, seed
+        self._args = (spec, seed, data_size, num_batches, mini_batch_size, rank, world_size)
+        self.ahead = None  # a DrawAhead while draw_ahead() is on
+
+    def draw_ahead(self) -> None:
+        """Draw each next batch in a worker process from here on (until close())."""
+        from dlrm_dist.data.draw_ahead import DrawAhead
+
+        if self.ahead is None:
+            spec, seed, *rest = self._args
+            args = (spec, np.random.RandomState(), seed, *rest)
+            self.ahead = DrawAhead((ReferenceRandomData, args), len(self))
+
+    def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.close()
+            self.ahead = None
 
     def raw(self, index: int) -> RawBatch:
         """The whole global batch `index`, the next draws of rs (reseeded at batch 0)."""
@@ -201,10 +224,16 @@ class ReferenceRandomData(BatchSource):
             self.rs.seed(self.seed)
         return draw_batch(self.rs, self.spec, self.batch_size(index))
 
-    def batch(self, index: int) -> Batch:
+    def local_raw(self, index: int) -> RawBatch:
         """This rank's slice of global batch `index`, drawn whole (see the class docstring)."""
         raw = self.raw(index)
         if self.world_size > 1:
             n = raw.targets.shape[0] // self.world_size
             raw = raw.slice(self.rank * n, (self.rank + 1) * n)
-        return to_batch(raw, self.keys)
+        return raw
+
+    def batch(self, index: int) -> Batch:
+        """local_raw(index) as a Batch, drawn by the worker when draw_ahead() is on."""
+        if self.ahead is None:
+            return to_batch(self.local_raw(index), self.keys)
+        return to_batch(self.ahead.take(index, self.rs, self.local_raw), self.keys)

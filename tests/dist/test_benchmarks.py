@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.common import ROOT
@@ -41,6 +42,7 @@ def test_cpu_benchmark_smoke_reports_identical_data_and_the_time_breakdown():
 
 STAND_IN = """
 import sys, time
+import pytest
 import torch
 import sklearn.metrics  # the reference imports it; the harness checks it can
 n = int(next(a for a in sys.argv if a.startswith("--num-batches=")).split("=")[1])
@@ -108,6 +110,17 @@ def test_cpu_benchmark_beside_busy_smoke_prints_both_rates():
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| B |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 5 and cells[3].endswith("x") and cells[4] == "2.5x at most"
+
+
+def test_cpu_benchmark_against_flags_smoke_prints_both_rates_and_their_ratio():
+    flags = "--against-flags=--draw-ahead=false"
+    proc = _benchmark("cpu_vs_reference.py", flags, "--smoke", "--configs", "B")
+    assert "| config | ours | with --draw-ahead=false | ratio |" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| B |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    ours, switched = (float(c.split()[0].replace(",", "")) for c in cells[1:3])
+    assert len(cells) == 4 and cells[3].endswith("x")
+    assert float(cells[3][:-1]) == pytest.approx(ours / switched, rel=0.01, abs=0.01)
 
 
 def test_the_reference_launcher_leaves_our_spin_count_out_of_the_references_runs():

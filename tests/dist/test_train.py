@@ -390,3 +390,41 @@ def test_sharded_weight_init_keeps_each_shards_own_draw_of_the_same_law():
         assert np.abs(sharded[name]).max() <= bound * (1 + 1e-6)
         assert np.var(sharded[name]) == pytest.approx(bound**2 / 3, rel=0.35)
         assert not np.array_equal(sharded[name], reference[name])
+
+
+def test_drawing_ahead_in_a_worker_trains_the_same_numbers(tmp_path, monkeypatch):
+    """The reference's random data drawn ahead by a worker process (dlrm_dist.data.draw_ahead)
+    against drawn in the rank: the same losses, evaluations (their test batches come from
+    the same stream, between the training batches) and weights, bit for bit; and a run
+    resumed from a checkpoint written while the worker ran continues the same."""
+    from dlrm_dist import threads
+    from dlrm_dist.data.draw_ahead import DrawAhead
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})  # a core to spare
+    served: list[int] = []
+    close = DrawAhead.close
+
+    def spy(self) -> None:
+        if self.proc is not None:
+            served.append(self.served)
+        close(self)
+
+    monkeypatch.setattr(DrawAhead, "close", spy)
+    argv = [*C_SMALL, "--learning-rate=0.1", "--test-freq=7", "--threads=1", "--nepochs=2"]
+    argv += ["--print-freq=1000", "--progress-bar=false"]
+    here = run(parse_args([*argv, "--draw-ahead=false"]))
+    assert served == []
+    ckpt = [f"--checkpoint-dir={tmp_path}", "--checkpoint-every=30"]
+    ahead = run(parse_args([*argv, *ckpt]))
+    # 100 steps over 2 epochs of 50, evaluations after batches 7, 14, .., 49 and 50 of
+    # each: each epoch's first batch and the 7 batches after its mid-epoch evaluations
+    # are drawn in the rank (the worker's draw from the state before the evaluation is
+    # thrown away), the other 84 by the worker
+    assert served == [100 - 2 * (1 + 7)]
+    assert ahead.losses == here.losses
+    assert ahead.evals == here.evals and len(here.evals) == 16
+    for name, value in here.final_weights.items():
+        assert np.array_equal(ahead.final_weights[name], value), name
+    resumed = run(parse_args([*argv, f"--resume={tmp_path}/step-30"]))
+    assert resumed.losses == here.losses[30:]
+    assert resumed.evals == here.evals[-len(resumed.evals) :]

@@ -83,3 +83,25 @@ def test_the_package_set_the_spin_count_before_torch_loaded():
         assert "(yours)" in threads.configure_openmp()
     else:
         assert threads.configure_openmp() == f"OpenMP spin count {threads.SPINCOUNT}"
+
+
+@pytest.mark.parametrize(
+    "n, local, requested, busy, want",
+    [
+        (2, 1, 0, 0.0, (1, True)),  # 2 cores: one for the data worker, one for torch
+        (4, 1, 0, 0.0, (3, True)),
+        (2, 1, 0, 1.0, (1, False)),  # one core free: torch keeps it, no worker
+        (2, 2, 0, 0.0, (1, False)),  # two ranks on 2 cores: a core each, no worker
+        (8, 2, 0, 0.0, (3, True)),
+        (2, 1, 1, 0.0, (1, True)),  # --threads 1 leaves a core spare
+        (2, 1, 2, 0.0, (2, False)),  # --threads 2 takes both
+    ],
+)
+def test_a_data_worker_gets_a_core_only_when_the_rank_has_one_to_spare(
+    cores, n, local, requested, busy, want
+):
+    cores(n)
+    choice = threads.choose(requested, local, busy=busy, helper=True)
+    assert (choice.threads, choice.helper) == want
+    assert ("and a data worker per rank" in choice.line()) == want[1]
+    assert not threads.choose(requested, local, busy=busy).helper  # none asked for

@@ -1,0 +1,137 @@
+"""The draw-ahead worker (dlrm_dist.data.draw_ahead): the batches and the stream states of
+drawing in the rank, bit for bit, whatever else draws from the stream in between; a dead
+worker costs nothing but the overlap; a draw that raises in the worker raises the same
+in the rank."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+
+import numpy as np
+import pytest
+
+from dlrm_dist.data import draw_ahead
+from dlrm_dist.data.reference_random import RandomDataSpec, ReferenceRandomData
+
+SPEC = RandomDataSpec(dense_features=4, table_sizes=(100, 7, 1000, 3))
+
+
+def _source(rs, rank=0, world=1, spec=SPEC, batches=6):
+    return ReferenceRandomData(spec, rs, 5, 0, batches, 16, rank, world)
+
+
+def _arrays(batch) -> list[np.ndarray]:
+    kjt = batch.sparse_features
+    return [
+        t.numpy().copy() for t in (batch.dense_features, kjt.lengths(), kjt.values(), batch.labels)
+    ]
+
+
+def _inline(seed, rank=0, world=1, epochs=2, meddle=()):
+    rs = np.random.RandomState(seed)
+    return _walk(_source(rs, rank, world), rs, epochs, meddle)
+
+
+def _walk(source, rs, epochs=2, meddle=()):
+    """Every batch of `epochs` epochs with the stream's state after it; after the batches
+    numbered in `meddle` (1-based, over the run) something else draws from the stream,
+    as an evaluation does."""
+    out = []
+    for _ in range(epochs):
+        for batch in source:
+            out.append((_arrays(batch), rs.get_state()))
+            if len(out) in meddle:
+                rs.random_sample(3)
+    return out
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for (arrays, state), (arrays_want, state_want) in zip(got, want):
+        for a, b in zip(arrays, arrays_want):
+            np.testing.assert_array_equal(a, b)
+        assert draw_ahead.same_state(state, state_want)
+
+
+@pytest.mark.parametrize("rank, world", [(0, 1), (1, 2)])
+@pytest.mark.parametrize("meddle", [(), (2, 3, 9)], ids=["alone", "evaluations"])
+def test_batches_and_states_equal_drawing_in_the_rank(rank, world, meddle):
+    want = _inline(7, rank, world, meddle=meddle)
+    rs = np.random.RandomState(7)
+    source = _source(rs, rank, world)
+    source.draw_ahead()
+    try:
+        got = _walk(source, rs, meddle=meddle)
+        served = source.ahead.served
+    finally:
+        source.close()
+    _assert_same(got, want)
+    # each epoch's first batch, and each after a meddling draw, is drawn in the rank
+    assert served == 2 * (6 - 1) - len(meddle)
+
+
+def test_a_dead_worker_leaves_the_rank_drawing_the_same_batches(caplog):
+    want = _inline(3, epochs=1)
+    rs = np.random.RandomState(3)
+    source = _source(rs)
+    source.draw_ahead()
+    got = []
+    with caplog.at_level(logging.WARNING, logger="dlrm_dist"):
+        for i, batch in enumerate(source):
+            got.append((_arrays(batch), rs.get_state()))
+            if i == 1:
+                source.ahead.proc.kill()
+                source.ahead.proc.wait()
+    assert source.ahead.lost.endswith("exit status -9")
+    source.close()
+    _assert_same(got, want)
+    assert "the data worker is gone" in caplog.text
+
+
+def _serve(args, requests: list[tuple[int, tuple]]) -> io.BytesIO:
+    inp = io.BytesIO()
+    inp.write(pickle.dumps((ReferenceRandomData, args)))
+    for index, state in requests:
+        inp.write(draw_ahead._REQUEST.pack(index) + draw_ahead._pack_state(state))
+    inp.seek(0)
+    out = io.BytesIO()
+    draw_ahead.serve(inp, out)
+    out.seek(0)
+    return out
+
+
+def test_the_worker_answers_a_request_with_the_slice_and_the_state_after():
+    rs = np.random.RandomState(11)
+    rs.random_sample(5)  # somewhere mid-stream
+    before = rs.get_state()
+    args = (SPEC, np.random.RandomState(), 5, 0, 6, 16, 1, 2)
+    out = _serve(args, [(3, before)])
+    index, raw, after = draw_ahead._read_answer(out)
+    mine = _source(rs, 1, 2)
+    want = mine.local_raw(3)  # from the same state, in this process
+    assert index == 3
+    for a, b in zip(
+        (raw.dense, raw.lengths, raw.values, raw.targets),
+        (want.dense, want.lengths, want.values, want.targets),
+    ):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    assert draw_ahead.same_state(after, rs.get_state())
+
+
+def test_a_draw_that_raises_in_the_worker_raises_the_same_in_the_rank():
+    bad = RandomDataSpec(dense_features=4, table_sizes=(10,), dist="zipf")
+    rs = np.random.RandomState(1)
+    out = _serve((bad, np.random.RandomState(), 5, 0, 6, 16, 0, 1), [(1, rs.get_state())])
+    kind, text = draw_ahead._read_answer(out)
+    assert kind == "error" and text.startswith("ValueError: rand_data_dist 'zipf'")
+
+    # a worker whose answer to the batch in flight is that error
+    ahead = draw_ahead.DrawAhead.__new__(draw_ahead.DrawAhead)
+    ahead.num_batches, ahead.pending, ahead.lost, ahead.served = 6, (1, rs.get_state()), "x", 0
+    ahead._receive = lambda: ("error", text)
+    source = _source(rs, spec=bad)
+    with pytest.raises(ValueError, match="rand_data_dist 'zipf'"):
+        ahead.take(1, rs, source.local_raw)
