@@ -76,7 +76,13 @@ CONFIG_C = [
 ]
 CATEGORIES = {  # breakdown bucket -> substrings of op / kernel names (lowercase)
     "embedding forward": ("embedding_codegen_forward", "lookup_function", "bounds_check"),
-    "embedding backward + update": ("embedding_codegen_backward", "embedding_backward"),
+    # data_parallel tables (one CPU rank's small ones): their lookup's backward; their
+    # update is in the dense optimizer's step, counted in no bucket
+    "embedding backward + update": (
+        "embedding_codegen_backward",
+        "embedding_backward",
+        "lookupfunction_dense_op",
+    ),
     "all-to-all": ("alltoall", "all_to_all", "nccl"),
     "MLP + interaction": ("addmm", "aten::mm", "aten::bmm", "gemm"),
 }

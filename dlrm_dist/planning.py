@@ -49,7 +49,7 @@ from torchrec.distributed.planner.types import (
     TrainerConfig,
 )
 from torchrec.distributed.types import CacheParams, ShardingPlan
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.optim import RowWiseAdagrad
 
@@ -558,8 +558,42 @@ def plan_for_config(
                 "replicated dense parameters"
             )
         constraints = table_constraints(tables, cfg.sharding, device_type, pooling, replicate)
+        if world_size == 1 and device_type == "cpu":
+            _replicate_small_tables(tables, constraints)
     batch = batch_size_per_rank or per_rank_batch_size(cfg.data.mini_batch_size, world_size)
     return plan_sharding(model, topology, memory, constraints, batch, cfg.optim.optimizer, pg=pg)
+
+
+# One CPU rank: a table of at most this many weights (rows x dim; 256 KB of fp32) runs
+# data_parallel when its sharding is left to the planner. Nothing is distributed on one
+# rank, and for tables this small a dense gradient of the whole table (zeroed, written
+# and applied each step) costs less than the sharded lookup's fixed overhead: config C's
+# 15 tables of 100 and 1000 rows x 16 trained 12 % faster all data_parallel than in the
+# planner's mix of data_parallel and table_wise, 3 % faster than all table_wise
+# (BENCHMARKS.md, whole processes). Larger tables keep the planner's choice.
+ONE_RANK_SMALL_TABLE = 1 << 16
+
+
+def _replicate_small_tables(
+    tables: Sequence[EmbeddingBagConfig], constraints: dict[str, ParameterConstraints]
+) -> None:
+    """One CPU rank: fp32 tables of at most ONE_RANK_SMALL_TABLE weights whose type and
+    kernel are the planner's to choose run data_parallel with the dense kernel."""
+    small = []
+    for table in tables:
+        c = constraints[table.name]
+        auto = len(c.sharding_types) > 1 and "data_parallel" in c.sharding_types
+        size = table.num_embeddings * table.embedding_dim
+        if auto and size <= ONE_RANK_SMALL_TABLE and table.data_type == DataType.FP32:
+            c.sharding_types, c.compute_kernels = ["data_parallel"], ["dense"]
+            small.append(table.name)
+    if small:
+        log.info(
+            "note: one rank: %d small table(s) (%s) run data_parallel (a dense gradient "
+            "of a table this small costs less than a sharded lookup)",
+            len(small),
+            _name_range(small, 4),
+        )
 
 
 def memory_tier(topology: Topology) -> str:

@@ -3,6 +3,7 @@ name the table, MLPerf's tables on 8-128 GPUs, per-rank memory against a hand co
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -355,3 +356,57 @@ def test_per_rank_memory_of_a_table_wise_plan_matches_a_hand_count(optimizer, st
 
 def test_ranks_are_shown_compactly():
     assert plan_report.compact_ranks([9, 0, 1, 2, 3, 7, 10]) == "0-3,7,9-10"
+
+
+def _types(result) -> dict[str, str]:
+    return {o.name: o.sharding_type for o in result.options}
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_one_cpu_rank_replicates_the_small_tables_it_may_choose_for(world, caplog):
+    # 4096 x 16 = 65,536 weights: small; 4097 x 16: not; t_cat_2 set by its own override
+    sizes = "100-4096-100-4097"
+    cfg, model = _model(
+        [
+            f"--arch-embedding-size={sizes}",
+            "--arch-sparse-feature-size=16",
+            "--arch-mlp-bot=4-16",
+            "--ddr-gb=16",
+        ]
+    )
+    cfg = dataclasses.replace(
+        cfg,
+        sharding=dataclasses.replace(
+            cfg.sharding, tables={"t_cat_2": {"sharding_type": "table_wise"}}
+        ),
+    )
+    with caplog.at_level(logging.INFO, logger="dlrm_dist"):
+        types = _types(planning.plan_for_config(model, cfg, world, "cpu", world))
+    if world == 1:
+        assert types["t_cat_0"] == types["t_cat_1"] == "data_parallel"
+        assert types["t_cat_2"] == "table_wise"
+        assert "one rank: 2 small table(s) (t_cat_0, t_cat_1) run data_parallel" in caplog.text
+    else:
+        assert "small table" not in caplog.text
+    assert types["t_cat_3"] in planning.SHARDING_TYPES_BY_DEVICE["cpu"]
+
+
+def test_one_cpu_rank_leaves_forced_settings_and_fp16_tables_to_the_planner():
+    for argv in (
+        ["--sharding-type=table_wise"],
+        ["--compute-kernel=fused"],
+        ["--embedding-precision=fp16"],
+    ):
+        cfg, model = _model(
+            [
+                "--arch-embedding-size=100-200",
+                "--arch-sparse-feature-size=16",
+                "--arch-mlp-bot=4-16",
+                *argv,
+            ]
+        )
+        tables = planning.embedding_tables(model)
+        constraints = planning.table_constraints(tables, cfg.sharding, "cpu", [1.0, 1.0])
+        before = {k: list(c.sharding_types) for k, c in constraints.items()}
+        planning._replicate_small_tables(tables, constraints)
+        assert {k: c.sharding_types for k, c in constraints.items()} == before, argv
