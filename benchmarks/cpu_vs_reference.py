@@ -567,6 +567,19 @@ def busy_loop() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+def ours_marginal_rate(python: str, name: str, sizes: tuple[int, int], extra: list[str]) -> float:
+    """Ours' marginal samples/s on config `name` between whole runs of the two sizes
+    (`extra` flags added)."""
+    batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
+    walls = [
+        reference_run.time_process(
+            reference_run.ours_argv(python, process_flags(name, n, n) + extra)
+        ).wall
+        for n in sizes
+    ]
+    return reference_run.marginal_rate((sizes[0] * batch, sizes[1] * batch), walls)
+
+
 def bench_beside_busy(
     names: Sequence[str], sizes: tuple[int, int], repeats: int, python: str, extra: list[str]
 ):
@@ -574,26 +587,17 @@ def bench_beside_busy(
     (started first), alternating: marginal samples/s of each, {name: (alone, busy)}."""
     out: dict[str, tuple[Stats, Stats]] = {}
     for name in names:
-        batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
         alone, busy = [], []
         reference_run.time_process(reference_run.ours_argv(python, process_flags(name, 1, 1)))
         for _ in range(repeats):
             for rates, beside in ((alone, False), (busy, True)):
                 other = busy_loop() if beside else None
                 try:
-                    walls = [
-                        reference_run.time_process(
-                            reference_run.ours_argv(python, process_flags(name, n, n) + extra)
-                        ).wall
-                        for n in sizes
-                    ]
+                    rates.append(ours_marginal_rate(python, name, sizes, extra))
                 finally:
                     if other is not None:
                         other.kill()
                         other.wait()
-                rates.append(
-                    reference_run.marginal_rate((sizes[0] * batch, sizes[1] * batch), walls)
-                )
             print(f"  {name}: alone {alone[-1]:,.0f}, beside a busy process {busy[-1]:,.0f}")
         out[name] = (Stats(alone), Stats(busy))
     print()
@@ -615,20 +619,11 @@ def bench_against_flags(
     alternating: marginal samples/s of each, {name: (ours, with flags)}."""
     out: dict[str, tuple[Stats, Stats]] = {}
     for name in names:
-        batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
         default, switched = [], []
         reference_run.time_process(reference_run.ours_argv(python, process_flags(name, 1, 1)))
         for _ in range(repeats):
             for rates, extra in ((default, []), (switched, flags)):
-                walls = [
-                    reference_run.time_process(
-                        reference_run.ours_argv(python, process_flags(name, n, n) + extra)
-                    ).wall
-                    for n in sizes
-                ]
-                rates.append(
-                    reference_run.marginal_rate((sizes[0] * batch, sizes[1] * batch), walls)
-                )
+                rates.append(ours_marginal_rate(python, name, sizes, extra))
             print(f"  {name}: ours {default[-1]:,.0f}, with {' '.join(flags)} {switched[-1]:,.0f}")
         out[name] = (Stats(default), Stats(switched))
     print()
