@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlrm_dist import console, distributed, elastic, failures, inference, report
+from dlrm_dist import console, distributed, elastic, failures, inference, report, scopes
 from dlrm_dist.arch import Arch, derive_arch, parameter_order
 from dlrm_dist.checkpoint import CheckpointManager, TrainState, describe_resume
 from dlrm_dist.cli import parse_args
@@ -349,6 +349,7 @@ def wants_draw_ahead(cfg: Config) -> bool:
 
 
 def _run(cfg: Config, env: distributed.DistEnv, phase: failures.Phase) -> RunResult:
+    scopes.install()  # profiler scopes cost nothing while no profiler runs
     threads = distributed.set_threads(env, cfg.train.threads, helper=wants_draw_ahead(cfg))
     cfg = run_dir(cfg, env)
     distributed.set_tf32(env, cfg.train.tf32)

@@ -74,6 +74,11 @@ def test_profiler_writes_a_chrome_trace_of_the_window(recorded):
     events = json.loads(trace.read_text())["traceEvents"]
     steps = {e["name"] for e in events if e.get("name", "").startswith("ProfilerStep#")}
     assert len(steps) == 2
+    # TorchRec's stage scopes and the optimizers' are recorded (dlrm_dist.scopes skips
+    # them only while no profiler runs)
+    names = {e.get("name", "") for e in events}
+    assert any(n.startswith("## EmbeddingBagCollectionAwaitable") for n in names)
+    assert any(n.startswith("Optimizer.step#") for n in names)
 
 
 def test_report_draws_the_right_series_and_summarizes(recorded, tmp_path):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -90,6 +92,27 @@ def test_a_dead_worker_leaves_the_rank_drawing_the_same_batches(caplog):
     assert "the data worker is gone" in caplog.text
 
 
+@pytest.mark.timeout(60)  # without the answer timeout it would wait forever
+def test_a_hung_worker_is_killed_and_the_rank_draws_the_same_batches(caplog):
+    want = _inline(3, epochs=1)
+    rs = np.random.RandomState(3)
+    source = _source(rs)
+    source.draw_ahead()
+    source.ahead.answer_timeout_s = 0.5
+    got = []
+    with caplog.at_level(logging.WARNING, logger="dlrm_dist"):
+        for i, batch in enumerate(source):
+            got.append((_arrays(batch), rs.get_state()))
+            if i == 1:  # stopped, not dead: it would never answer
+                source.ahead.proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.2)  # past the answer it may have been writing
+    assert source.ahead.lost.startswith("it sent nothing for 0.5 s and was killed")
+    assert source.ahead.lost.endswith("exit status -9") and source.ahead.served < 5
+    source.close()
+    _assert_same(got, want)
+    assert "the data worker is gone" in caplog.text
+
+
 def _serve(args, requests: list[tuple[int, tuple]]) -> io.BytesIO:
     inp = io.BytesIO()
     inp.write(pickle.dumps((ReferenceRandomData, args)))
@@ -135,3 +158,17 @@ def test_a_draw_that_raises_in_the_worker_raises_the_same_in_the_rank():
     source = _source(rs, spec=bad)
     with pytest.raises(ValueError, match="rand_data_dist 'zipf'"):
         ahead.take(1, rs, source.local_raw)
+
+
+def test_a_state_travels_as_624_little_endian_words_then_pos_gauss_flag_and_cached():
+    rs = np.random.RandomState(5)
+    rs.standard_normal(3)  # an odd count leaves a cached second deviate
+    state = rs.get_state()
+    data = draw_ahead._pack_state(state)
+    assert len(data) == 624 * 4 + 8 + 8 + 8
+    assert np.array_equal(np.frombuffer(data[: 624 * 4], "<u4"), state[1])
+    assert int.from_bytes(data[2496:2504], "little") == state[2]
+    assert int.from_bytes(data[2504:2512], "little") == state[3] == 1
+    assert np.frombuffer(data[2512:], "<f8")[0] == state[4]
+    back = draw_ahead._unpack_state(data)
+    assert draw_ahead.same_state(back, state) and back[4] == state[4]
