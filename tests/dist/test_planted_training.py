@@ -105,7 +105,12 @@ def test_two_ranks_train_like_one_on_the_mlperf_config_with_planted_labels():
     np.testing.assert_allclose(two[0][0]["losses"], one["losses"], rtol=1e-5, atol=1e-7)
     assert two[1][0]["losses"] == two[0][0]["losses"]
     for got, want in zip(two[0][0]["evals"], one["evals"], strict=True):
-        assert got["auc"] == pytest.approx(want["auc"], abs=1e-5)
+        # the logloss is continuous in the predictions: float32's rounding apart
+        assert got["logloss"] == pytest.approx(want["logloss"], rel=1e-5)
+        # the AUC of 256 samples moves in steps of 1/(positives * negatives), at least
+        # 1/128^2 = 6.1e-5 (half that when a tie forms or breaks): the 2-rank all-reduce's
+        # last bit broke one tie on an AMD EPYC (3.05e-5); a few steps, not more
+        assert got["auc"] == pytest.approx(want["auc"], abs=2.5e-4)
 
 
 @pytest.mark.slow  # the whole default job (about a minute), then a short rerun
