@@ -11,6 +11,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dlrm_dist.arch import (
     Arch,
     derive_arch,
+    feature_names,
     md_solver,
     parameter_order,
     row_weight_parameter,
@@ -212,3 +213,63 @@ def test_initial_weights_equal_the_references(extra):
     assert len(want) == len(ours)
     for (name, value), expected in zip(ours.items(), want):
         np.testing.assert_array_equal(_logical(arch, name, value), expected, err_msg=name)
+
+
+class _Reordered(torch.nn.Module):
+    """An EBC whose pooled output lists its keys in reverse (as a sharded one may)."""
+
+    def __init__(self, ebc) -> None:
+        super().__init__()
+        self.ebc = ebc
+
+    def forward(self, features):
+        from torchrec.sparse.jagged_tensor import KeyedTensor
+
+        pooled = self.ebc(features).to_dict()
+        keys = list(reversed(list(pooled)))
+        return KeyedTensor.from_tensor_list(keys, [pooled[k] for k in keys])
+
+
+def test_the_plain_sparse_arch_pools_each_bag_as_a_sum_in_either_key_order():
+    from dlrm_dist.model import DLRM
+
+    cfg = parse_args(BASE).model
+    arch = derive_arch(cfg)
+    model = DLRM(arch, cfg, device="cpu")
+    sparse = model.sparse_arch
+    gen = torch.Generator().manual_seed(0)
+    for p in sparse.parameters():
+        p.data = torch.randn(p.shape, generator=gen)
+    rows = arch.ln_emb
+    lengths = torch.tensor([2, 0, 3, 1, 1, 2][: 2 * len(rows)] + [1] * 2 * (len(rows) - 3))
+    values = torch.cat(
+        [
+            torch.randint(0, r, (int(n),))
+            for r, n in zip([r for r in rows for _ in range(2)], lengths)
+        ]
+    )
+    kjt = KeyedJaggedTensor.from_lengths_sync(feature_names(len(rows)), values, lengths)
+    tables = [
+        sparse.embedding_bag_collection.embedding_bags[f"t_cat_{i}"].weight
+        for i in range(len(rows))
+    ]
+    want = torch.zeros(2, len(rows), arch.m_spa)  # by hand: bag (table f, sample b) sums
+    at = 0
+    for f in range(len(rows)):
+        for b in range(2):
+            n = int(lengths[2 * f + b])
+            for i in values[at : at + n]:
+                want[b, f] += tables[f].data[i]
+            at += n
+    fast = sparse(kjt)
+    torch.testing.assert_close(fast, want)
+    fast.pow(2).sum().backward()
+    grads = [t.grad.clone() for t in tables]
+    for t in tables:
+        t.grad = None
+    sparse.embedding_bag_collection = _Reordered(sparse.embedding_bag_collection)
+    slow = sparse(kjt)  # keys out of order: split per key and cat, torchrec's way
+    assert torch.equal(slow, fast)
+    slow.pow(2).sum().backward()
+    for t, g in zip(tables, grads):
+        assert torch.equal(t.grad, g)
