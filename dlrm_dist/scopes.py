@@ -35,7 +35,3 @@ def install() -> None:
     """Idempotent; for the whole process (every rank calls it at start-up)."""
     profiler.record_function.__enter__ = _enter
     profiler.record_function._call_end_callbacks_on_future = _on_future
-
-
-def installed() -> bool:
-    return profiler.record_function.__enter__ is _enter

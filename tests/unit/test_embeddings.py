@@ -241,7 +241,8 @@ def test_the_plain_sparse_arch_pools_each_bag_as_a_sum_in_either_key_order():
     for p in sparse.parameters():
         p.data = torch.randn(p.shape, generator=gen)
     rows = arch.ln_emb
-    lengths = torch.tensor([2, 0, 3, 1, 1, 2][: 2 * len(rows)] + [1] * 2 * (len(rows) - 3))
+    assert len(rows) == 3
+    lengths = torch.tensor([2, 0, 3, 1, 1, 2])  # bags (table f, sample b) at 2 f + b
     values = torch.cat(
         [
             torch.randint(0, r, (int(n),))

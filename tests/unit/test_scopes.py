@@ -27,7 +27,7 @@ def test_without_a_profiler_a_scope_makes_no_record_and_exits_cleanly():
 
 def test_under_a_profiler_every_scope_and_the_optimizers_are_recorded():
     scopes.install()
-    assert scopes.installed()
+    assert record_function.__enter__ is scopes._enter
     layer = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
 
