@@ -62,10 +62,16 @@ def to_batch(raw: RawBatch, keys: list[str]) -> Batch:
     from torchrec.datasets.utils import Batch
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    kjt = KeyedJaggedTensor.from_lengths_sync(
+    # the per-key sums from numpy: what from_lengths_sync would compute with torch ops
+    # (config C's batch in the training loop: 0.28 ms that way, 0.18 this way)
+    per_key = raw.lengths.sum(axis=1)
+    kjt = KeyedJaggedTensor(
         keys=keys,
         values=torch.from_numpy(raw.values),
         lengths=torch.from_numpy(raw.lengths.reshape(-1)),
+        stride=raw.lengths.shape[1],
+        length_per_key=per_key.tolist(),
+        offset_per_key=[0, *np.cumsum(per_key).tolist()],
     )
     return Batch(
         dense_features=torch.from_numpy(raw.dense),
@@ -102,8 +108,12 @@ class BatchSource:
 
     A subclass gives `raw(index)` (or `batch(index)` when its batches are not RawBatches).
     Batch `index` of every source but the reference's depends on `index` alone, so a
-    resumed run starts at any batch (`iter_from`).
+    resumed run starts at any batch (`iter_from`). `in_range`: every id is inside its
+    table and every dense feature finite by construction (tested), so the trainer's
+    per-batch check (dlrm_dist.data.batch_check) is skipped.
     """
+
+    in_range = False
 
     def __init__(
         self,

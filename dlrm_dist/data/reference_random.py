@@ -203,6 +203,9 @@ class ReferenceRandomData(BatchSource):
         self.spec, self.rs, self.seed = spec, rs, seed
         self._args = (spec, seed, data_size, num_batches, mini_batch_size, rank, world_size)
         self.ahead = None  # a DrawAhead while draw_ahead() is on
+        # uniform ids are round(u * (rows - 1)) of u in [0, 1), dense rand(): in range; a
+        # gaussian id is a deviate clipped to [rmin, rmax], in range only if those are
+        self.in_range = spec.dist == "uniform"
 
     def draw_ahead(self) -> None:
         """Draw each next batch in a worker process from here on (until close())."""
@@ -211,7 +214,8 @@ class ReferenceRandomData(BatchSource):
         if self.ahead is None:
             spec, seed, *rest = self._args
             args = (spec, np.random.RandomState(), seed, *rest)
-            self.ahead = DrawAhead((ReferenceRandomData, args), len(self))
+            uniform = spec.dist == "uniform"  # its draws read no cached normal deviate
+            self.ahead = DrawAhead((ReferenceRandomData, args), len(self), in_place=uniform)
 
     def close(self) -> None:
         if self.ahead is not None:

@@ -17,7 +17,7 @@ from dlrm_dist.arch import (
 )
 from dlrm_dist.cli import parse_args
 from dlrm_dist.train import main, run
-from tests.common import ROOT
+from tests.common import ROOT, tiny_job
 from tests.oracle import oracle_kwargs, oracle_train
 
 C_SMALL = [  # the seed's config C, scaled down: 15 tables, dim 16
@@ -390,6 +390,27 @@ def test_sharded_weight_init_keeps_each_shards_own_draw_of_the_same_law():
         assert np.abs(sharded[name]).max() <= bound * (1 + 1e-6)
         assert np.var(sharded[name]) == pytest.approx(bound**2 / 3, rel=0.35)
         assert not np.array_equal(sharded[name], reference[name])
+
+
+@pytest.mark.parametrize("generation, checks", [("random", 0), ("random-fast", 12)])
+def test_the_batch_check_is_skipped_only_for_data_in_range_by_construction(
+    generation, checks, monkeypatch
+):
+    """The reference's uniform random data is in range by construction (its in_range,
+    tested in test_reference_data): no per-batch check; other data is checked per step."""
+    from dlrm_dist.data import batch_check
+
+    calls: list[int] = []
+    call = batch_check.BatchCheck.__call__
+
+    def count(self, batch):
+        calls.append(self.step)
+        return call(self, batch)
+
+    monkeypatch.setattr(batch_check.BatchCheck, "__call__", count)
+    argv = tiny_job(data_generation=generation, print_freq=1000)
+    assert len(run(parse_args(argv)).losses) == 12
+    assert len(calls) == checks
 
 
 def test_drawing_ahead_in_a_worker_trains_the_same_numbers(tmp_path, monkeypatch):

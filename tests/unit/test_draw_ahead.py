@@ -31,21 +31,21 @@ def _arrays(batch) -> list[np.ndarray]:
     ]
 
 
-def _inline(seed, rank=0, world=1, epochs=2, meddle=()):
+def _inline(seed, rank=0, world=1, epochs=2, meddle=(), spec=SPEC, draw=None):
     rs = np.random.RandomState(seed)
-    return _walk(_source(rs, rank, world), rs, epochs, meddle)
+    return _walk(_source(rs, rank, world, spec), rs, epochs, meddle, draw)
 
 
-def _walk(source, rs, epochs=2, meddle=()):
+def _walk(source, rs, epochs=2, meddle=(), draw=None):
     """Every batch of `epochs` epochs with the stream's state after it; after the batches
-    numbered in `meddle` (1-based, over the run) something else draws from the stream,
-    as an evaluation does."""
+    numbered in `meddle` (1-based, over the run) something else draws from the stream
+    (`draw(rs)`; by default three uniform doubles, as an evaluation does)."""
     out = []
     for _ in range(epochs):
         for batch in source:
             out.append((_arrays(batch), rs.get_state()))
             if len(out) in meddle:
-                rs.random_sample(3)
+                (draw or (lambda r: r.random_sample(3)))(rs)
     return out
 
 
@@ -72,6 +72,61 @@ def test_batches_and_states_equal_drawing_in_the_rank(rank, world, meddle):
     _assert_same(got, want)
     # each epoch's first batch, and each after a meddling draw, is drawn in the rank
     assert served == 2 * (6 - 1) - len(meddle)
+
+
+def _one_normal(rs):
+    rs.standard_normal(1)  # the 1st of a pair draws two doubles, the 2nd only the cache
+
+
+GAUSSIAN = RandomDataSpec(dense_features=4, table_sizes=(100, 7, 1000), dist="gaussian")
+
+
+@pytest.mark.parametrize(
+    "spec, meddle",
+    [(SPEC, (1, 2, 3, 4)), (GAUSSIAN, ()), (GAUSSIAN, (2, 3, 9))],
+    ids=["uniform-normals-between", "gaussian-alone", "gaussian-evaluations"],
+)
+def test_the_stream_ends_where_the_rank_would_leave_it_cached_deviate_included(spec, meddle):
+    """Uniform batches travel with the stream's key and position alone (Stream, in
+    place): a normal deviate drawn or taken from the cache between batches (the 2nd of
+    each pair moves neither key nor position) is still in the stream after the next
+    batch, as drawing in the rank leaves it. Gaussian batches take the whole state."""
+    want = _inline(4, meddle=meddle, spec=spec, draw=_one_normal)
+    rs = np.random.RandomState(4)
+    source = _source(rs, spec=spec)
+    source.draw_ahead()
+    try:
+        assert source.ahead.in_place == (spec.dist == "uniform")
+        got = _walk(source, rs, meddle=meddle, draw=_one_normal)
+        served = source.ahead.served
+    finally:
+        source.close()
+    _assert_same(got, want)  # every state compared whole: key, position, cached deviate
+    # a cache taken (batches 2 and 4) left key and position: the batch drawn ahead is used
+    assert served == 2 * (6 - 1) - len(meddle) + (2 if spec.dist == "uniform" else 0)
+
+
+def test_the_stream_in_place_reads_and_sets_what_get_state_and_set_state_do():
+    rs = np.random.RandomState(9)
+    rs.random_sample(1000)  # 2000 words: the key regenerated 3 times, position 128
+    rs.standard_normal(1)  # a cached deviate, which the in-place view leaves alone
+    stream = draw_ahead.Stream(rs, in_place=True)
+    assert stream.words is not None  # this numpy keeps the key where Stream looks
+    got, want = stream.get(), rs.get_state()
+    assert np.array_equal(got[1], want[1]) and got[2] == want[2] > 128
+    assert got[3:] == (0, 0.0)  # the deviate fields read as nothing in place
+
+    other = np.random.RandomState(2)
+    other.random_sample(17)
+    target = other.get_state()
+    stream.set(target)
+    after = rs.get_state()
+    assert np.array_equal(after[1], target[1]) and after[2] == target[2]
+    assert after[3:] == want[3:]  # the cached deviate is still this stream's
+    np.testing.assert_array_equal(rs.random_sample(700), other.random_sample(700))
+
+    plain = draw_ahead.Stream(rs, in_place=False)
+    assert plain.words is None and draw_ahead.same_state(plain.get(), rs.get_state())
 
 
 def test_a_dead_worker_leaves_the_rank_drawing_the_same_batches(caplog):
@@ -154,6 +209,7 @@ def test_a_draw_that_raises_in_the_worker_raises_the_same_in_the_rank():
     # a worker whose answer to the batch in flight is that error
     ahead = draw_ahead.DrawAhead.__new__(draw_ahead.DrawAhead)
     ahead.num_batches, ahead.pending, ahead.lost, ahead.served = 6, (1, rs.get_state()), "x", 0
+    ahead.in_place, ahead.stream = False, None
     ahead._receive = lambda: ("error", text)
     source = _source(rs, spec=bad)
     with pytest.raises(ValueError, match="rand_data_dist 'zipf'"):

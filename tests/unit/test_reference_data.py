@@ -156,3 +156,28 @@ def test_to_batch_builds_a_kjt_per_table():
     assert kjt["cat_0"].values().tolist() == [1, 2, 0, 1, 3]
     assert kjt["cat_2"].lengths().tolist() == [2, 1]
     assert batch.dense_features.shape == (2, 4) and batch.labels.shape == (2,)
+    # the per-key sums come with it (the seed's lengths: 2+3, 1+1, 2+1), as the KJT's own
+    assert kjt.length_per_key() == [5, 2, 3] and kjt.offset_per_key() == [0, 5, 7, 10]
+    assert kjt.stride() == 2 and kjt.lengths().tolist() == [2, 3, 1, 1, 2, 1]
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_uniform_ids_lie_in_their_tables_by_construction(fixed):
+    """What lets the trainer skip its per-batch check for this source (in_range): ids in
+    [0, rows) for tables down to one row, over many batches; every row of a small table
+    is reached, the last one included (round(u * (rows - 1)) of u in [0, 1))."""
+    sizes = (1, 2, 3, 7, 1000)
+    spec = RandomDataSpec(6, sizes, num_indices_per_lookup=4, fixed=fixed)
+    data = ReferenceRandomData(spec, np.random.RandomState(0), 3, 0, 200, 32)
+    assert data.in_range
+    seen = [set() for _ in sizes]
+    for index in range(len(data)):
+        raw = data.raw(index)
+        assert np.isfinite(raw.dense).all()
+        ends = np.cumsum(raw.lengths.sum(axis=1))
+        for t, ids in enumerate(np.split(raw.values, ends[:-1])):
+            assert ids.min() >= 0 and ids.max() < sizes[t]
+            seen[t].update(ids.tolist())
+    assert [len(s) for s in seen[:4]] == [1, 2, 3, 7]
+    gaussian = RandomDataSpec(6, sizes, dist="gaussian")
+    assert not ReferenceRandomData(gaussian, np.random.RandomState(0), 3, 0, 2, 32).in_range
