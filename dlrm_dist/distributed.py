@@ -222,8 +222,8 @@ class PlainSGD(torch.optim.SGD):
     """torch.optim.SGD without momentum, weight decay or maximize (the reference's): its
     step is `p -= lr * grad` in one `_foreach_add_` per group, which on the CPU is
     torch's own per-parameter `add_` (the same bits, tested), without the ~100 us a
-    step of torch's bookkeeping around it. Its state dict is
-    SGD's, so checkpoints load either way."""
+    step of torch's bookkeeping around it. Its state dict is SGD's, so checkpoints load
+    either way."""
 
     def __init__(self, params, lr: float) -> None:
         super().__init__(params, lr=lr)
