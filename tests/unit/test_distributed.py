@@ -43,6 +43,13 @@ def test_plain_sgd_steps_the_same_bits_as_torch_sgd_and_shares_its_state_dict():
             opt.step()
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
+    opts[0].zero_grad()
+    assert all(p.grad is None for p in ours)
+    opts[0].zero_grad(set_to_none=False)  # nothing to zero: they stay None, as torch's
+    assert all(p.grad is None for p in ours)
+    ours[0].grad = torch.ones(7, 5)
+    opts[0].zero_grad(set_to_none=False)
+    assert torch.equal(ours[0].grad, torch.zeros(7, 5))
     assert not torch.equal(ours[0], model()[0])
     state = opts[1].state_dict()
     assert opts[0].state_dict() == state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dlrm_dist.arch import feature_names
 from dlrm_dist.data.reference_random import (
@@ -159,6 +160,8 @@ def test_to_batch_builds_a_kjt_per_table():
     # the per-key sums come with it (the seed's lengths: 2+3, 1+1, 2+1), as the KJT's own
     assert kjt.length_per_key() == [5, 2, 3] and kjt.offset_per_key() == [0, 5, 7, 10]
     assert kjt.stride() == 2 and kjt.lengths().tolist() == [2, 3, 1, 1, 2, 1]
+    assert kjt.offsets().tolist() == [0, 2, 5, 6, 7, 9, 10]
+    assert kjt.lengths().dtype == kjt.offsets().dtype == torch.int64
 
 
 @pytest.mark.parametrize("fixed", [False, True])
