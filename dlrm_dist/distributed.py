@@ -223,10 +223,39 @@ class PlainSGD(torch.optim.SGD):
     step is `p -= lr * grad` in one `_foreach_add_` per group, which on the CPU is
     torch's own per-parameter `add_` (the same bits, tested), without the ~100 us a
     step of torch's bookkeeping around it. Its state dict is SGD's, so checkpoints load
-    either way."""
+    either way.
+
+    torchrec's replicated tables are slices of one flat weight (TableBatchedEmbeddingSlice,
+    whose .grad is a view of the weight's, made on each read): where a group holds every
+    slice of a weight, the weight is stepped whole, one `add_` for all its tables (config
+    C's 15: 190 -> ~40 us, the same bits)."""
 
     def __init__(self, params, lr: float) -> None:
         super().__init__(params, lr=lr)
+        self._stepped: dict[int, tuple[list, list[torch.Tensor]]] = {}  # see _targets
+
+    def _targets(self, params: list) -> list[torch.Tensor]:
+        """What a step of `params` updates: the parameters, each flat weight whose slices
+        (every one of them) are among them in their place."""
+        key = id(params)
+        cached = self._stepped.get(key)
+        if cached is not None and cached[0] is params:
+            return cached[1]
+        weights: dict[int, tuple[torch.Tensor, list]] = {}
+        targets: list[torch.Tensor] = []
+        for p in params:
+            base = getattr(p, "_original_tensor", None)
+            if base is None:
+                targets.append(p)
+            else:
+                weights.setdefault(id(base), (base, []))[1].append(p)
+        for base, slices in weights.values():
+            spans = sorted((s._start_offset, s._end_offset) for s in slices)
+            ends = [0] + [end for _, end in spans]
+            whole = all(start == end for (start, _), end in zip(spans, ends))
+            targets.extend([base] if whole and ends[-1] == base.numel() else slices)
+        self._stepped[key] = (params, targets)
+        return targets
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's (gradients to None), without its ~20 us a call of torch.compile's
@@ -246,8 +275,7 @@ class PlainSGD(torch.optim.SGD):
                 loss = closure()
         for group in self.param_groups:
             lr = float(group["lr"])
-            # .grad read once: a replicated table's is a view made on each read (torchrec)
-            grads = [(p, p.grad) for p in group["params"]]
+            grads = [(p, p.grad) for p in self._targets(group["params"])]  # read once
             dense = [(p, g) for p, g in grads if g is not None and not g.is_sparse]
             if dense:
                 torch._foreach_add_([p for p, _ in dense], [g for _, g in dense], alpha=-lr)

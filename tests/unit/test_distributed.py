@@ -55,3 +55,40 @@ def test_plain_sgd_steps_the_same_bits_as_torch_sgd_and_shares_its_state_dict():
     assert opts[0].state_dict() == state
     opts[0].load_state_dict(state)  # a checkpoint of either loads into the other
     assert opts[0].param_groups[0]["lr"] == 0.011
+
+
+@pytest.mark.parametrize("tables", [(0, 1, 2), (0, 2)], ids=["all-slices", "some-slices"])
+def test_plain_sgd_steps_a_flat_weight_whole_only_when_all_its_table_slices_are_there(tables):
+    """torchrec's replicated tables: slices of one flat weight. All of them in the group:
+    the weight is stepped whole (one add_); some: each slice, the rest left alone. Either
+    way the bits of torch.optim.SGD over the same slices."""
+    import torch
+    from torchrec.distributed.composable.table_batched_embedding_slice import (
+        TableBatchedEmbeddingSlice,
+    )
+
+    shapes = [(4, 2), (3, 2), (5, 2)]  # rows x dim of three tables in one weight of 24
+    starts = [0, 8, 14]
+
+    def weight_and_slices():
+        weight = torch.nn.Parameter(torch.arange(24.0) / 7)
+        slices = [
+            TableBatchedEmbeddingSlice(weight, a, a + r * d, r, d)
+            for a, (r, d) in zip(starts, shapes)
+        ]
+        return weight, [slices[t] for t in tables]
+
+    (w1, ours), (w2, theirs) = weight_and_slices(), weight_and_slices()
+    opt = distributed.PlainSGD(ours, lr=0.5)
+    ref = torch.optim.SGD(theirs, lr=0.5)
+    whole = opt._targets(opt.param_groups[0]["params"])
+    assert (whole == [w1]) == (tables == (0, 1, 2))
+    grad = torch.linspace(-1.0, 1.0, 24)
+    for step in range(2):
+        w1.grad, w2.grad = grad.clone() * (step + 1), grad.clone() * (step + 1)
+        opt.step()
+        ref.step()
+    assert torch.equal(w1.detach(), w2.detach())
+    assert not torch.equal(w1.detach(), torch.arange(24.0) / 7)
+    if tables == (0, 2):  # the middle table (8..13) is not this optimizer's
+        assert torch.equal(w1.detach()[8:14], torch.arange(8.0, 14.0) / 7)
