@@ -455,7 +455,7 @@ class ProcessResult:
     reference_fixed: list[float]
     ours_first: list[float]  # seconds from process start to the end of step 1
     reference_first: list[float]
-    dense_only_ms: float  # the floor: a plain-PyTorch step without embeddings or data
+    dense_only_ms: list[float]  # the floor per repeat: a plain-PyTorch step, no tables/data
 
 
 def process_flags(name: str, batches: int, print_freq: int) -> list[str]:
@@ -482,7 +482,12 @@ def bench_processes(
     first: dict[str, list[float]] = {"ours": [], "reference": []}
     for make in argv.values():  # warm-up: the first run of a checkout compiles its .pyc files
         reference_run.time_process(*make(process_flags(name, 1, 1)))
+    floors: list[float] = []
+    threads = torch.get_num_threads()
     for _ in range(repeats):
+        # the floor each repeat, between the processes: one measurement moved 5.0-6.8 ms
+        # between two runs of C on a VM whose speed drifts
+        floors.append(dense_only_step_ms(config_for(name, 1, threads), 50))
         for side, make in argv.items():
             walls = [
                 reference_run.time_process(*make(process_flags(name, n, n))).wall for n in sizes
@@ -498,7 +503,6 @@ def bench_processes(
             "samples/s (marginal)",
             flush=True,
         )
-    floor = dense_only_step_ms(config_for(name, 1, torch.get_num_threads()), 50)
     return ProcessResult(
         Stats(rates["ours"]),
         Stats(rates["reference"]),
@@ -506,7 +510,7 @@ def bench_processes(
         fixed["reference"],
         first["ours"],
         first["reference"],
-        floor,
+        floors,
     )
 
 
@@ -547,7 +551,8 @@ def report_processes(
     print()
     print(
         "The floor: a plain-PyTorch step of the same MLPs and interaction, constant "
-        "embeddings, no data (in this process); the share = its ms / ours per batch."
+        "embeddings, no data (in this process, once per repeat before its processes: "
+        "median (min-max)); the share = its median ms / ours' median ms per batch."
     )
     print()
     print("| config | dense-only step ms | ours ms per batch | share of the floor | target |")
@@ -555,10 +560,11 @@ def report_processes(
     for name, r in results.items():
         batch = parse_args(CONFIGS[name] + COMMON).data.mini_batch_size
         ours_ms = 1000.0 * batch / r.ours.median
+        floor = statistics.median(r.dense_only_ms)
         target = f"{FLOOR_TARGET:.0%}" if name == "C" else ""
         print(
-            f"| {name} | {r.dense_only_ms:.2f} | {ours_ms:.2f} | "
-            f"{r.dense_only_ms / ours_ms:.0%} | {target} |"
+            f"| {name} | {floor:.2f} ({min(r.dense_only_ms):.2f}-{max(r.dense_only_ms):.2f}) "
+            f"| {ours_ms:.2f} | {floor / ours_ms:.0%} | {target} |"
         )
 
 
