@@ -64,7 +64,7 @@ def to_batch(raw: RawBatch, keys: list[str]) -> Batch:
 
     # the per-key sums and the offsets from numpy: what from_lengths_sync and then the
     # sharded lookup (FBGEMM's complete_cumsum) would compute with torch ops (config C's
-    # batch in the training loop: 0.28 ms that way, 0.18 this way)
+    # KJT in the training loop: 0.28 ms that way, ~0.2 this way, the lookup's cumsum gone)
     per_key = raw.lengths.sum(axis=1)
     lengths = raw.lengths.reshape(-1)
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
