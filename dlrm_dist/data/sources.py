@@ -117,6 +117,17 @@ def iter_from(data, start: int) -> Iterator:
     return itertools.islice(data, start, None)
 
 
+def on_device(batch, device: torch.device) -> bool:
+    """Whether a TorchRec Batch's tensors all live on `device` already: then `Batch.to`
+    would only rebuild the Batch and its KJT around the same tensors (~9 us a step of
+    config B on the CPU, this check ~1 us)."""
+    kjt = batch.sparse_features
+    return all(
+        t.device == device
+        for t in (batch.dense_features, batch.labels, kjt.values(), kjt.lengths())
+    )
+
+
 class EpochBatches:
     """The epochs' batches in order from `start` = (epoch, batch), each checked (`check`,
     before FBGEMM sees it) and moved to the device, with the time spent waiting for them
@@ -149,6 +160,6 @@ class EpochBatches:
             batch = next(self._it)
             if self.check is not None:
                 self.check(batch)
-            return batch.to(self.device)
+            return batch if on_device(batch, self.device) else batch.to(self.device)
         finally:
             self.wait += time.perf_counter() - start
