@@ -228,3 +228,16 @@ def test_random_fast_torch_benchmark_smoke_prints_the_ratio_and_identical_batche
     assert rows and all(ln.endswith("| yes |") for ln in rows), proc.stdout
     ratio = rows[0].split("|")[4].strip()
     assert ratio.endswith("x") and float(ratio[:-1]) > 0
+
+
+def test_startup_benchmark_splits_each_trees_start_up_into_its_phases():
+    proc = _benchmark("startup.py", "--configs", "B", "--repeats", "1", "--against-tree", ".")
+    rows = [line.strip("|").split("|") for line in proc.stdout.splitlines()]
+    rows = [r for r in rows if len(r) == 8 and r[0].strip() in (".", "this tree")]
+    assert len(rows) == 2
+    for row in rows:
+        seconds = [float(cell.split()[0]) for cell in row[1:7]]  # the phases, then the whole
+        interpreter, torch_import, stack, setup, first_step, whole = seconds
+        assert torch_import > 0.1 and stack > 0.1 and setup > 0 and first_step >= 0
+        assert whole == pytest.approx(sum(seconds[:5]), abs=0.03)  # each median rounded
+        assert 0 < float(row[7].strip().rstrip("%")) < 100
