@@ -77,6 +77,9 @@ def time_process(argv: list[str], env: dict[str, str] | None = None) -> Timed:
     FIRST_STEP line (nan when it printed none). Raises RuntimeError when it fails."""
     with tempfile.TemporaryDirectory() as cwd:
         env = dict(env or os.environ)
+        # as on a user's machine: .pyc files written once (the warm-up run) and read after,
+        # not every module compiled again at each start
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         start = time.perf_counter()

@@ -62,6 +62,7 @@ def time_startup(tree: Path, flags: list[str]) -> dict[str, float]:
     """One fresh process of `tree`'s trainer: seconds per phase (PHASES)."""
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run: .pyc files from the warm-up on
     with tempfile.TemporaryDirectory() as cwd:  # what a run writes stays out of the trees
         start = time.time()  # wall clock on both sides: the child's marks are time.time()
         out = subprocess.run(

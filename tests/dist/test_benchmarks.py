@@ -89,12 +89,16 @@ def test_cpu_benchmark_times_whole_processes_against_a_reference_checkout(tmp_pa
     # ours: a number (at 2 x 20,000 samples its marginal rate is noise: only the stand-in's
     # known costs are asserted)
     assert math.isfinite(ours) and cells[4].endswith("x")
+    # one repeat: its paired ratio is the two rates' (each rounded in its cell)
+    assert float(cells[10].split("x")[0]) == pytest.approx(ours / rate, abs=0.01)
     floor = next(
         line for line in proc.stdout.splitlines() if line.startswith("| B | ") and "%" in line
     )
     median, spread = floor.split("|")[2].split()  # `median (min-max)` over the repeats
     low, high = (float(v) for v in spread.strip("()").split("-"))
     assert 0 < low <= float(median) <= high
+    share, _, per_repeat = (floor.split("|")[i].strip() for i in (4, 5, 6))
+    assert per_repeat.startswith(f"{share} ")  # one repeat: its share is the share
 
 
 def test_cpu_benchmark_says_what_to_do_when_the_reference_is_missing(tmp_path):
