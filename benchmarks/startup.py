@@ -4,7 +4,8 @@
 
 Each repeat starts a fresh process per tree (this checkout, and with `--against-tree` an
 older one, e.g. `git archive <commit> | tar -x -C DIR`), alternating, that times its own:
-  interpreter  process start (the parent's clock) to the probe's first line
+  interpreter  process start (the parent's clock) to the probe's first line, after
+               `import dlrm_dist` (which sets OpenMP up before torch loads)
   torch        `import torch`
   stack        then the trainer and torchrec's distributed stack it imports before any
                work (`dlrm_dist.train`, `torchrec.distributed.model_parallel`, the planner)
@@ -37,6 +38,7 @@ PHASES = ("interpreter", "torch", "stack", "setup", "first step")
 # Run in the child with the tree under test first on sys.path; prints one JSON line.
 PROBE = r"""
 import json, sys, time
+import dlrm_dist  # first, as `python -m dlrm_dist.train`: it sets OpenMP up before torch loads
 t0 = time.time()
 import torch
 t1 = time.time()
