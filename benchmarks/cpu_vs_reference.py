@@ -108,6 +108,7 @@ CONFIGS: dict[str, list[str]] = {
 TARGETS = {"A": 20, "B": 20, "C": 10}  # the foundation issue's ratios, ours / oracle
 REFERENCE_TARGETS = {"A": 15, "B": 5, "C": 6}  # ours / the real reference, whole process
 FLOOR_TARGET = 0.65  # C: the share of the dense-only step's throughput to reach
+FLOOR_STEPS = 200  # steps of each floor measurement beside the whole processes
 
 
 @dataclass
@@ -483,24 +484,30 @@ def bench_processes(
     for make in argv.values():  # warm-up: the first run of a checkout compiles its .pyc files
         reference_run.time_process(*make(process_flags(name, 1, 1)))
     floors: list[float] = []
-    threads = torch.get_num_threads()
+    floor_cfg = config_for(name, 1, torch.get_num_threads())
     for _ in range(repeats):
-        # the floor each repeat, between the processes: one measurement moved 5.0-6.8 ms
-        # between two runs of C on a VM whose speed drifts
-        floors.append(dense_only_step_ms(config_for(name, 1, threads), 50))
+        # the floor each repeat just before and just after ours' two runs, the mean of the
+        # two: on a VM whose speed drifts, 50 steps once before each repeat put C's share
+        # of it at 40-108 % within one run
+        around: list[float] = []
         for side, make in argv.items():
+            if side == "ours":
+                around.append(dense_only_step_ms(floor_cfg, FLOOR_STEPS))
             walls = [
                 reference_run.time_process(*make(process_flags(name, n, n))).wall for n in sizes
             ]
+            if side == "ours":
+                around.append(dense_only_step_ms(floor_cfg, FLOOR_STEPS))
             rate = reference_run.marginal_rate((sizes[0] * batch, sizes[1] * batch), walls)
             rates[side].append(rate)
             fixed[side].append(reference_run.fixed_cost(sizes[0] * batch, walls[0], rate))
             first[side].append(
                 reference_run.time_process(*make(process_flags(name, 3, 1))).first_step
             )
+        floors.append(statistics.mean(around))
         print(
             f"  {name}: ours {rates['ours'][-1]:,.0f}, reference {rates['reference'][-1]:,.0f} "
-            "samples/s (marginal)",
+            f"samples/s (marginal); the floor {floors[-1]:.2f} ms",
             flush=True,
         )
     return ProcessResult(
@@ -563,10 +570,11 @@ def report_processes(
     print()
     print(
         "The floor: a plain-PyTorch step of the same MLPs and interaction, constant "
-        "embeddings, no data (in this process, once per repeat before its processes: "
-        "median (min-max)); the share = its median ms / ours' median ms per batch; per "
-        "repeat = each repeat's floor / that repeat's ms per batch of ours, measured next to "
-        "each other (the VM's speed drifts between repeats: this pairing cancels most of it)."
+        f"embeddings, no data (in this process: the median of {FLOOR_STEPS} steps just "
+        "before and just after ours' two runs, averaged, per repeat; median (min-max)); the "
+        "share = its median ms / ours' median ms per batch; per repeat = each repeat's floor "
+        "/ that repeat's ms per batch of ours, measured next to each other (the VM's speed "
+        "drifts between repeats: this pairing cancels most of it)."
     )
     print()
     print(
