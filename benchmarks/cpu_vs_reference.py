@@ -521,18 +521,11 @@ def bench_processes(
     )
 
 
-def times_cell(ratios: list[float]) -> str:
-    """Ratios paired by repeat, `median (min-max)` with an x."""
-    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-
-
-def share_cell(shares: list[float]) -> str:
-    """Shares paired by repeat, `median (min-max)` in percent."""
-    return f"{statistics.median(shares):.0%} ({min(shares):.0%}-{max(shares):.0%})"
-
-
-def seconds_cell(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+def spread_cell(values: list[float], spec: str = ".2f", unit: str = "") -> str:
+    """`median (min-max)` for a table cell: seconds by default, ratios with unit "x",
+    shares with spec ".0%"."""
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:{spec}}{unit} ({low:{spec}}-{high:{spec}})"
 
 
 def report_processes(
@@ -563,9 +556,9 @@ def report_processes(
         print(
             f"| {name} | {batch} | {r.ours.cell()} | {r.reference.cell()} | "
             f"{ratio(r.ours, r.reference)} | {REFERENCE_TARGETS[name]}x | "
-            f"{seconds_cell(r.ours_fixed)} | {seconds_cell(r.reference_fixed)} | "
-            f"{seconds_cell(r.ours_first)} | {seconds_cell(r.reference_first)} | "
-            f"{times_cell([o / f for o, f in zip(r.ours.rates, r.reference.rates)])} |"
+            f"{spread_cell(r.ours_fixed)} | {spread_cell(r.reference_fixed)} | "
+            f"{spread_cell(r.ours_first)} | {spread_cell(r.reference_first)} | "
+            f"{spread_cell([o / f for o, f in zip(r.ours.rates, r.reference.rates)], unit='x')} |"
         )
     print()
     print(
@@ -592,7 +585,7 @@ def report_processes(
         print(
             f"| {name} | {floor:.2f} ({min(r.dense_only_ms):.2f}-{max(r.dense_only_ms):.2f}) "
             f"| {ours_ms:.2f} | {floor / ours_ms:.0%} | {target} | "
-            f"{share_cell(shares)} |"
+            f"{spread_cell(shares, '.0%')} |"
         )
 
 

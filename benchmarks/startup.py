@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script
 
-from benchmarks.cpu_vs_reference import COMMON, CONFIGS, machine_lines  # noqa: E402
+from benchmarks.cpu_vs_reference import COMMON, CONFIGS, machine_lines, spread_cell  # noqa: E402
 
 PHASES = ("interpreter", "torch", "stack", "setup", "first step")
 
@@ -83,10 +83,6 @@ def time_startup(tree: Path, flags: list[str]) -> dict[str, float]:
     return {p: b - a for p, a, b in zip(PHASES, marks[:-1], marks[1:])}
 
 
-def describe(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default="C")
@@ -95,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     trees = {"this tree": ROOT}
     if args.against_tree is not None:
-        trees = {f"{args.against_tree}": args.against_tree.resolve(), **trees}
+        trees = {str(args.against_tree): args.against_tree.resolve(), **trees}
     print("\n".join(machine_lines(1)[:3]))
     for name in args.configs.split(","):
         flags = [*CONFIGS[name], *COMMON, "--num-batches=3", "--print-freq=1"]
@@ -112,9 +108,9 @@ def main() -> None:
         for label, results in runs.items():
             totals = [sum(r.values()) for r in results]
             imports = [r["torch"] + r["stack"] for r in results]
-            cells = [describe([r[p] for r in results]) for p in PHASES]
+            cells = [spread_cell([r[p] for r in results]) for p in PHASES]
             share = statistics.median(i / t for i, t in zip(imports, totals))
-            print(f"| {label} | " + " | ".join(cells) + f" | {describe(totals)} | {share:.0%} |")
+            print(f"| {label} | " + " | ".join(cells) + f" | {spread_cell(totals)} | {share:.0%} |")
 
 
 if __name__ == "__main__":
